@@ -1,0 +1,1 @@
+"""jaxmath: train math-reasoning language models in JAX."""

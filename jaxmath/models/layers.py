@@ -1,0 +1,149 @@
+"""Building blocks of the decoder: RMSNorm, grouped-query attention, SwiGLU MLP, one decoder block.
+
+Every parameter carries `logical_axes` metadata (see jaxmath.parallel). Blocks are built with an optional
+`num_layers`: parameters then get a leading "layers" dimension so the decoder can scan over them.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxmath.models.config import ModelConfig
+from jaxmath.models.rope import apply_rope
+from jaxmath.parallel import shard_activation
+
+Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+
+
+def make_param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str], init: Initializer,
+               dtype: jnp.dtype, num_layers: int | None) -> nnx.Param:
+    """A parameter with logical axes, stacked over layers when `num_layers` is given."""
+    if num_layers is not None:
+        shape, axes = (num_layers, *shape), ("layers", *axes)
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype), logical_axes=tuple(axes))
+
+
+def normal_init(stddev: float) -> Initializer:
+    return jax.nn.initializers.normal(stddev)
+
+
+zeros_init: Initializer = jax.nn.initializers.zeros
+ones_init: Initializer = jax.nn.initializers.ones
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm computed in float32 and cast back, as HF does (weight * normalised.to(input dtype))."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * normed.astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, dtype: jnp.dtype, rngs: nnx.Rngs, num_layers: int | None = None):
+        self.eps = eps
+        self.scale = make_param(rngs, (dim,), ("norm",), ones_init, dtype, num_layers)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return rms_norm(x, self.scale[...], self.eps)
+
+
+def attention_mask(segment_ids_q: jax.Array, segment_ids_kv: jax.Array) -> jax.Array:
+    """[batch, 1, q, kv] mask allowing attention only within a segment (padding is its own segment 0)."""
+    return (segment_ids_q[:, :, None] == segment_ids_kv[:, None, :])[:, None]
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with optional q/k/v/o biases and q/k RMSNorm (Qwen3)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, num_layers: int | None = None):
+        c, dt, init = config, config.weight_dtype, normal_init(0.02)
+        e, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+        self.config = config
+        self.q_proj = make_param(rngs, (e, n, h), ("embed", "heads", "head_dim"), init, dt, num_layers)
+        self.k_proj = make_param(rngs, (e, k, h), ("embed", "kv_heads", "head_dim"), init, dt, num_layers)
+        self.v_proj = make_param(rngs, (e, k, h), ("embed", "kv_heads", "head_dim"), init, dt, num_layers)
+        self.o_proj = make_param(rngs, (n, h, e), ("heads", "head_dim", "embed"), init, dt, num_layers)
+        if c.qkv_bias:
+            self.q_bias = make_param(rngs, (n, h), ("heads", "head_dim"), zeros_init, dt, num_layers)
+            self.k_bias = make_param(rngs, (k, h), ("kv_heads", "head_dim"), zeros_init, dt, num_layers)
+            self.v_bias = make_param(rngs, (k, h), ("kv_heads", "head_dim"), zeros_init, dt, num_layers)
+        if c.o_bias:
+            self.o_bias = make_param(rngs, (e,), ("embed",), zeros_init, dt, num_layers)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(h, c.rms_norm_eps, dtype=dt, rngs=rngs, num_layers=num_layers)
+            self.k_norm = RMSNorm(h, c.rms_norm_eps, dtype=dt, rngs=rngs, num_layers=num_layers)
+
+    def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Queries, keys and values [batch, length, heads, head_dim], biased, normed and rotated."""
+        c, dt = self.config, x.dtype
+        q = jnp.einsum("bte,enh->btnh", x, self.q_proj[...].astype(dt))
+        k = jnp.einsum("bte,ekh->btkh", x, self.k_proj[...].astype(dt))
+        v = jnp.einsum("bte,ekh->btkh", x, self.v_proj[...].astype(dt))
+        if c.qkv_bias:
+            q = q + self.q_bias[...].astype(dt)
+            k = k + self.k_bias[...].astype(dt)
+            v = v + self.v_bias[...].astype(dt)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = shard_activation(apply_rope(q, cos, sin), ("batch", "length", "act_heads", None))
+        k = shard_activation(apply_rope(k, cos, sin), ("batch", "length", "act_kv_heads", None))
+        v = shard_activation(v, ("batch", "length", "act_kv_heads", None))
+        return q, k, v
+
+    def project_out(self, attended: jax.Array) -> jax.Array:
+        out = jnp.einsum("btnh,nhe->bte", attended, self.o_proj[...].astype(attended.dtype))
+        if self.config.o_bias:
+            out = out + self.o_bias[...].astype(out.dtype)
+        return out
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        q, k, v = self.project_qkv(x, cos, sin)
+        attended = jax.nn.dot_product_attention(
+            q, k, v, mask=attention_mask(segment_ids, segment_ids), is_causal=True,
+            implementation=self.config.attention_impl)
+        return self.project_out(attended)
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, num_layers: int | None = None):
+        c, dt, init = config, config.weight_dtype, normal_init(0.02)
+        e, m = c.hidden_size, c.intermediate_size
+        self.bias = c.mlp_bias
+        self.gate_proj = make_param(rngs, (e, m), ("embed", "mlp"), init, dt, num_layers)
+        self.up_proj = make_param(rngs, (e, m), ("embed", "mlp"), init, dt, num_layers)
+        self.down_proj = make_param(rngs, (m, e), ("mlp", "embed"), init, dt, num_layers)
+        if c.mlp_bias:
+            self.gate_bias = make_param(rngs, (m,), ("mlp",), zeros_init, dt, num_layers)
+            self.up_bias = make_param(rngs, (m,), ("mlp",), zeros_init, dt, num_layers)
+            self.down_bias = make_param(rngs, (e,), ("embed",), zeros_init, dt, num_layers)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = x.dtype
+        gate = x @ self.gate_proj[...].astype(dt)
+        up = x @ self.up_proj[...].astype(dt)
+        if self.bias:
+            gate, up = gate + self.gate_bias[...].astype(dt), up + self.up_bias[...].astype(dt)
+        hidden = shard_activation(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        out = hidden @ self.down_proj[...].astype(dt)
+        return out + self.down_bias[...].astype(dt) if self.bias else out
+
+
+class DecoderBlock(nnx.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, num_layers: int | None = None):
+        dt, eps = config.weight_dtype, config.rms_norm_eps
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype=dt, rngs=rngs, num_layers=num_layers)
+        self.self_attn = Attention(config, rngs=rngs, num_layers=num_layers)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype=dt, rngs=rngs, num_layers=num_layers)
+        self.mlp = MLP(config, rngs=rngs, num_layers=num_layers)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return shard_activation(x, ("batch", "length", "act_embed"))
