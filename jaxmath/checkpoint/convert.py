@@ -1,0 +1,163 @@
+"""HF <-> jaxmath conversion, driven by the one mapping table in `mapping.py`.
+
+HF -> JAX streams tensor by tensor (each stacked parameter is filled layer by layer), after checking
+every tensor's presence and shape from the safetensors headers alone, so a bad checkpoint fails before
+anything is read or written. JAX -> HF streams parameters into size-bounded safetensors shards.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxmath.checkpoint.hf_io import (CheckpointError, HFCheckpointReader, SAFETENSORS_DTYPES, atomic_directory,
+                                      numpy_dtype, parse_size, write_safetensors_shards)
+from jaxmath.checkpoint.mapping import IGNORED_HF_TENSORS, Rule, hf_architecture, rules_for
+from jaxmath.models.config import ModelConfig
+from jaxmath.models.transformer import build_model
+
+PathTuple = tuple[str, ...]
+
+
+def is_token_classifier(hf_config: Mapping[str, Any]) -> bool:
+    return any(a.endswith("ForTokenClassification") for a in hf_config.get("architectures") or [])
+
+
+def model_config_from_hf(hf_config: Mapping[str, Any], **runtime: Any) -> ModelConfig:
+    """ModelConfig for a HF config dict; a `*ForTokenClassification` checkpoint gets its label count."""
+    num_labels = 0
+    if is_token_classifier(hf_config):
+        num_labels = int(hf_config.get("num_labels") or len(hf_config.get("id2label") or {}) or 2)
+    return ModelConfig.from_hf(hf_config, num_labels=num_labels, **runtime)
+
+
+def expected_shapes(config: ModelConfig) -> dict[PathTuple, tuple[int, ...]]:
+    """Shape of every parameter of the model for `config`, computed without allocating it."""
+    abstract = nnx.eval_shape(lambda: build_model(config))
+    flat = nnx.to_flat_state(nnx.state(abstract, nnx.Param))
+    return {tuple(str(k) for k in path): tuple(v.get_value().shape) for path, v in flat}
+
+
+def source_dtype(reader: HFCheckpointReader) -> str:
+    """The checkpoint's dtype name (from config.json, else the first tensor's safetensors dtype)."""
+    named = reader.config.get("torch_dtype") or reader.config.get("dtype")
+    if named in ("float32", "bfloat16", "float16"):
+        return named
+    first = reader.names()[0]
+    header = reader._header(reader.weight_map[first])  # noqa: SLF001 - same package
+    return SAFETENSORS_DTYPES.get(header[first][0], "float32")
+
+
+def validate_hf_checkpoint(reader: HFCheckpointReader, config: ModelConfig) -> list[Rule]:
+    """Check that every tensor the model needs is present with the right shape, and nothing unknown is."""
+    shapes = expected_shapes(config)
+    rules = rules_for(config)
+    needed: set[str] = set()
+    for rule in rules:
+        jax_shape = shapes[rule.jax_path]
+        per_tensor = jax_shape[1:] if rule.stacked else jax_shape
+        want = tuple(rule.layout.hf_shape(per_tensor))
+        for name in rule.hf_names(config):
+            needed.add(name)
+            got = reader.shape(name)
+            if got != want:
+                raise CheckpointError(f"{reader.path / reader.weight_map[name]}: tensor {name!r} has shape "
+                                      f"{list(got)}, expected {list(want)} for this config.json")
+    optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    unexpected = sorted(n for n in reader.names() if n not in needed and n not in optional
+                        and not IGNORED_HF_TENSORS.match(n))
+    if unexpected:
+        raise CheckpointError(f"{reader.path}: unexpected tensor(s) for a {hf_architecture(config)} model: "
+                              f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    return rules
+
+
+def iter_hf_to_jax(reader: HFCheckpointReader, config: ModelConfig, dtype: str,
+                   progress: bool = False) -> Iterator[tuple[PathTuple, np.ndarray]]:
+    """Yield (jax_path, numpy array in `dtype`) per parameter; stacked ones are filled layer by layer."""
+    target = numpy_dtype(dtype)
+    rules = validate_hf_checkpoint(reader, config)
+    bar = tqdm(total=sum(len(r.hf_names(config)) for r in rules), desc="HF -> JAX", unit="tensor",
+               disable=not progress)
+    for rule in rules:
+        names = rule.hf_names(config)
+        if not rule.stacked:
+            array = rule.layout.to_jax(reader.read(names[0], target), config)
+            bar.update(1)
+        else:
+            array = None
+            for i, name in enumerate(names):
+                layer = rule.layout.to_jax(reader.read(name, target), config)
+                if array is None:
+                    array = np.empty((len(names), *layer.shape), dtype=target)
+                array[i] = layer
+                bar.update(1)
+        yield rule.jax_path, array
+    bar.close()
+
+
+def _leaf(tree: Mapping[str, Any], path: PathTuple) -> Any:
+    for key in path:
+        if key not in tree:
+            raise CheckpointError(f"parameter {'/'.join(path)} is missing (no {key!r})")
+        tree = tree[key]
+    return tree
+
+
+def _to_host(array: Any) -> np.ndarray:
+    """A full numpy copy of a (possibly sharded, possibly multi-host) array."""
+    if isinstance(array, jax.Array) and not array.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        array = multihost_utils.process_allgather(array, tiled=True)
+    return np.asarray(array)
+
+
+def iter_jax_to_hf(params: Mapping[str, Any], config: ModelConfig, dtype: str,
+                   progress: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (hf_name, numpy array in `dtype`) for every HF tensor of the model, one at a time."""
+    target = numpy_dtype(dtype)
+    rules = rules_for(config)
+    bar = tqdm(total=sum(len(r.hf_names(config)) for r in rules), desc="JAX -> HF", unit="tensor",
+               disable=not progress)
+    for rule in rules:
+        value = _to_host(_leaf(params, rule.jax_path))
+        for i, name in enumerate(rule.hf_names(config)):
+            yield name, rule.layout.to_hf(value[i] if rule.stacked else value, config).astype(target, copy=False)
+            bar.update(1)
+    bar.close()
+
+
+def export_hf_config(hf_config: Mapping[str, Any], config: ModelConfig, dtype: str) -> dict[str, Any]:
+    """The source config.json with every original key kept; architecture and dtype set for the export."""
+    out = dict(hf_config)
+    out["architectures"] = [hf_architecture(config)]
+    out["torch_dtype"] = dtype
+    if "dtype" in out:
+        out["dtype"] = dtype
+    if config.num_labels > 0 and "id2label" not in out:
+        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
+        out["label2id"] = {f"LABEL_{i}": i for i in range(config.num_labels)}
+    return out
+
+
+def write_hf_checkpoint(out: str | Path, params: Mapping[str, Any], config: ModelConfig,
+                        hf_config: Mapping[str, Any], dtype: str, side_files: list[Path] = (),
+                        max_shard_size: str | int = "5GB", overwrite: bool = False, progress: bool = False) -> Path:
+    """Write a HF checkpoint directory atomically: safetensors shards + index, config.json, side files."""
+    out = Path(out)
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        write_safetensors_shards(tmp, iter_jax_to_hf(params, config, dtype, progress), parse_size(max_shard_size))
+        (tmp / "config.json").write_text(json.dumps(export_hf_config(hf_config, config, dtype), indent=2) + "\n")
+        for file in side_files:
+            shutil.copy2(file, tmp / file.name)
+        if not (tmp / "generation_config.json").exists():
+            generation = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                          if hf_config.get(k) is not None}
+            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    return out

@@ -1,0 +1,183 @@
+"""Load models from HF or jaxmath directories, save them as Orbax model checkpoints, export them to HF.
+
+A jaxmath model directory holds `jaxmath.json` (format marker, model config), `hf_config.json` (the source
+config.json verbatim, so an export keeps every original key), `params/` (Orbax) and `hf_files/`
+(tokenizer and generation files carried along from the source).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+
+from jaxmath.checkpoint.convert import (PathTuple, iter_hf_to_jax, model_config_from_hf, source_dtype,
+                                        write_hf_checkpoint)
+from jaxmath.checkpoint.hf_io import CheckpointError, HFCheckpointReader, atomic_directory
+from jaxmath.models.config import ModelConfig
+from jaxmath.models.transformer import CausalLM, TokenClassifier, build_model
+from jaxmath.parallel import named_sharding
+
+FORMAT = "jaxmath.model"
+MARKER = "jaxmath.json"
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
+Model = CausalLM | TokenClassifier
+
+
+def is_jaxmath_dir(path: str | Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def _abstract(config: ModelConfig) -> tuple[nnx.GraphDef, nnx.State, dict[PathTuple, nnx.Variable]]:
+    abstract = nnx.eval_shape(lambda: build_model(config))
+    graphdef, state = nnx.split(abstract)
+    flat = {tuple(str(k) for k in path): v for path, v in nnx.to_flat_state(state)}
+    return graphdef, state, flat
+
+
+def _sharding(variable: nnx.Variable, mesh: Mesh | None) -> jax.sharding.Sharding:
+    if mesh is None:
+        return SingleDeviceSharding(jax.devices()[0])
+    return named_sharding(mesh, variable.logical_axes, variable.get_value().shape)
+
+
+def _place(host: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """Put a host array onto devices; each device (and host) only materialises its own shard."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _nest(flat: Mapping[PathTuple, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _assemble(config: ModelConfig, arrays: Iterable[tuple[PathTuple, Any]], mesh: Mesh | None) -> Model:
+    graphdef, state, variables = _abstract(config)
+    placed = {}
+    for path, host in arrays:
+        placed[path] = _place(host, _sharding(variables[path], mesh))
+    missing = sorted("/".join(p) for p in variables if p not in placed)
+    if missing:
+        raise CheckpointError(f"parameters missing after loading: {missing[:5]}")
+    nnx.replace_by_pure_dict(state, _nest(placed))
+    return nnx.merge(graphdef, state)
+
+
+def _runtime(dtype: str, param_dtype: str | None, runtime: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(runtime) - set(RUNTIME_FIELDS))
+    if unknown:
+        raise TypeError(f"from_pretrained: unknown option(s) {unknown}; expected some of {RUNTIME_FIELDS}")
+    return {"dtype": dtype, "param_dtype": param_dtype or dtype, **runtime}
+
+
+def from_pretrained(path: str | Path, dtype: str = "float32", mesh: Mesh | None = None,
+                    param_dtype: str | None = None, **runtime: Any) -> Model:
+    """Load a model from a HF checkpoint directory or a jaxmath model directory.
+
+    `dtype` is the compute dtype and, unless `param_dtype` is given, the parameter dtype. With a mesh,
+    every parameter is placed straight onto it per the logical-axis rules (each device holds its shard).
+    Extra options: remat, attention_impl.
+    """
+    path = Path(path)
+    options = _runtime(dtype, param_dtype, runtime)
+    if is_jaxmath_dir(path):
+        return _load_jaxmath(path, mesh, options)
+    reader = HFCheckpointReader(path)
+    config = model_config_from_hf(reader.config, **options)
+    return _assemble(config, iter_hf_to_jax(reader, config, config.param_dtype), mesh)
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path / MARKER}: unreadable ({err})") from err
+    if marker.get("format") != FORMAT:
+        raise CheckpointError(f"{path / MARKER}: format {marker.get('format')!r} is not {FORMAT!r}")
+    return marker
+
+
+def _load_jaxmath(path: Path, mesh: Mesh | None, options: Mapping[str, Any]) -> Model:
+    marker = read_marker(path)
+    config = ModelConfig(**{**marker["model_config"], **options})
+    graphdef, state, variables = _abstract(config)
+    target = _nest({p: jax.ShapeDtypeStruct(v.get_value().shape, config.weight_dtype, sharding=_sharding(v, mesh))
+                    for p, v in variables.items()})
+    params_dir = (path / "params").absolute()
+    if not params_dir.is_dir():
+        raise CheckpointError(f"{params_dir}: parameter directory is missing")
+    try:
+        restored = ocp.StandardCheckpointer().restore(params_dir, target)
+    except Exception as err:
+        raise CheckpointError(f"{params_dir}: cannot restore parameters ({err})") from err
+    nnx.replace_by_pure_dict(state, restored)
+    return nnx.merge(graphdef, state)
+
+
+def hf_config_of(path: Path) -> dict[str, Any]:
+    return json.loads((path / "hf_config.json").read_text())
+
+
+def save_jaxmath(out: str | Path, params: Mapping[str, Any], config: ModelConfig, hf_config: Mapping[str, Any],
+                 side_files: Iterable[Path] = (), overwrite: bool = False) -> Path:
+    """Write a jaxmath model directory atomically (parameters as a pure nested dict of arrays)."""
+    out = Path(out)
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save((tmp / "params").absolute(), params)
+        checkpointer.wait_until_finished()
+        architecture = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_FIELDS}
+        marker = {"format": FORMAT, "version": 1, "param_dtype": config.param_dtype, "model_config": architecture}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        (tmp / "hf_config.json").write_text(json.dumps(dict(hf_config), indent=2) + "\n")
+        (tmp / "hf_files").mkdir()
+        for file in side_files:
+            shutil.copy2(file, tmp / "hf_files" / file.name)
+    return out
+
+
+def convert_hf_to_jax(hf_dir: str | Path, out: str | Path, dtype: str | None = None, overwrite: bool = False,
+                      progress: bool = False) -> Path:
+    """HF checkpoint -> jaxmath model directory (Orbax), streaming tensors; dtype defaults to the source's."""
+    reader = HFCheckpointReader(hf_dir)
+    dtype = dtype or source_dtype(reader)
+    config = model_config_from_hf(reader.config, dtype=dtype, param_dtype=dtype)
+    params = _nest(dict(iter_hf_to_jax(reader, config, dtype, progress)))
+    return save_jaxmath(out, params, config, reader.config, reader.side_files(), overwrite)
+
+
+def export_to_hf(source: str | Path | Model, out: str | Path, dtype: str | None = None,
+                 max_shard_size: str | int = "5GB", hf_config: Mapping[str, Any] | None = None,
+                 side_files: Iterable[Path] = (), overwrite: bool = False, progress: bool = False) -> Path:
+    """Export a jaxmath model directory (or an in-memory model) to a HF checkpoint directory.
+
+    For an in-memory model, pass the source `hf_config` (config.json dict) so every original key is kept.
+    """
+    if isinstance(source, (CausalLM, TokenClassifier)):
+        config, params = source.config, nnx.state(source, nnx.Param).to_pure_dict()
+        if hf_config is None:
+            raise ValueError("export_to_hf: an in-memory model needs hf_config (its source config.json dict)")
+        side = list(side_files)
+    else:
+        path = Path(source)
+        if not is_jaxmath_dir(path):
+            raise CheckpointError(f"{path}: not a jaxmath model directory (no {MARKER})")
+        model = _load_jaxmath(path, None, {"dtype": read_marker(path)["param_dtype"],
+                                           "param_dtype": read_marker(path)["param_dtype"]})
+        config, params = model.config, nnx.state(model, nnx.Param).to_pure_dict()
+        hf_config = hf_config or hf_config_of(path)
+        side = sorted((path / "hf_files").glob("*")) + list(side_files)
+    return write_hf_checkpoint(out, params, config, hf_config, dtype or config.param_dtype, side,
+                               max_shard_size, overwrite, progress)
