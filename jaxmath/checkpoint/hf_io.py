@@ -54,8 +54,8 @@ class HFCheckpointReader:
             self.config: dict[str, Any] = json.loads(config_path.read_text())
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{config_path}: invalid JSON ({err})") from err
-        self.weight_map = self._weight_map()
         self._headers: dict[str, dict[str, tuple[str, list[int]]]] = {}
+        self.weight_map = self._weight_map()
 
     def _weight_map(self) -> dict[str, str]:
         index = self.path / INDEX_FILE

@@ -166,7 +166,7 @@ def export_to_hf(source: str | Path | Model, out: str | Path, dtype: str | None 
     For an in-memory model, pass the source `hf_config` (config.json dict) so every original key is kept.
     """
     if isinstance(source, (CausalLM, TokenClassifier)):
-        config, params = source.config, nnx.state(source, nnx.Param).to_pure_dict()
+        config, params = source.config, nnx.to_pure_dict(nnx.state(source, nnx.Param))
         if hf_config is None:
             raise ValueError("export_to_hf: an in-memory model needs hf_config (its source config.json dict)")
         side = list(side_files)
@@ -176,7 +176,7 @@ def export_to_hf(source: str | Path | Model, out: str | Path, dtype: str | None 
             raise CheckpointError(f"{path}: not a jaxmath model directory (no {MARKER})")
         model = _load_jaxmath(path, None, {"dtype": read_marker(path)["param_dtype"],
                                            "param_dtype": read_marker(path)["param_dtype"]})
-        config, params = model.config, nnx.state(model, nnx.Param).to_pure_dict()
+        config, params = model.config, nnx.to_pure_dict(nnx.state(model, nnx.Param))
         hf_config = hf_config or hf_config_of(path)
         side = sorted((path / "hf_files").glob("*")) + list(side_files)
     return write_hf_checkpoint(out, params, config, hf_config, dtype or config.param_dtype, side,
