@@ -88,7 +88,7 @@ def iter_hf_to_jax(reader: HFCheckpointReader, config: ModelConfig, dtype: str,
     for rule in rules:
         names = rule.hf_names(config)
         if not rule.stacked:
-            array = rule.layout.to_jax(reader.read(names[0], target), config)
+            array = np.ascontiguousarray(rule.layout.to_jax(reader.read(names[0], target), config))
             bar.update(1)
         else:
             array = None

@@ -1,7 +1,8 @@
 """One table mapping HF tensor names to jaxmath parameter paths, with the rule each needs.
 
 The same table drives import (HF -> JAX) and export (JAX -> HF), so the two directions cannot drift
-apart. Each layout's `to_jax` and `to_hf` are exact inverses (transposes and reshapes only).
+apart. Each layout's `to_jax` and `to_hf` are exact inverses (transposes and reshapes only); they return
+views where numpy can, and the caller makes the one copy it needs.
 """
 from __future__ import annotations
 
@@ -49,14 +50,14 @@ class Layout:
 
 SAME = Layout(lambda w, c: w, lambda w, c: w, lambda s: s)
 # HF nn.Linear stores [out, in]; JAX kernels are [in, out].
-LINEAR = Layout(lambda w, c: np.ascontiguousarray(w.T), lambda w, c: np.ascontiguousarray(w.T), lambda s: s[::-1])
+LINEAR = Layout(lambda w, c: w.T, lambda w, c: w.T, lambda s: s[::-1])
 
 
 def _heads_in(heads: Callable[[ModelConfig], int]) -> Layout:
     """HF [heads*head_dim, hidden] <-> JAX [hidden, heads, head_dim] (q/k/v projections)."""
     return Layout(
-        lambda w, c: np.ascontiguousarray(w.T).reshape(c.hidden_size, heads(c), c.head_dim),
-        lambda w, c: np.ascontiguousarray(w.reshape(c.hidden_size, heads(c) * c.head_dim).T),
+        lambda w, c: w.T.reshape(c.hidden_size, heads(c), c.head_dim),
+        lambda w, c: w.reshape(c.hidden_size, heads(c) * c.head_dim).T,
         lambda s: (s[1] * s[2], s[0]))
 
 
@@ -69,8 +70,8 @@ def _heads_bias(heads: Callable[[ModelConfig], int]) -> Layout:
 
 # HF o_proj [hidden, heads*head_dim] <-> JAX [heads, head_dim, hidden].
 OUT_HEADS = Layout(
-    lambda w, c: np.ascontiguousarray(w.T).reshape(c.num_heads, c.head_dim, c.hidden_size),
-    lambda w, c: np.ascontiguousarray(w.reshape(c.num_heads * c.head_dim, c.hidden_size).T),
+    lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size),
+    lambda w, c: w.reshape(c.num_heads * c.head_dim, c.hidden_size).T,
     lambda s: (s[2], s[0] * s[1]))
 
 
