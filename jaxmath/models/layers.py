@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmath.models.cache import CacheView
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.rope import apply_rope
 from jaxmath.parallel import shard_activation
@@ -106,6 +107,15 @@ class Attention(nnx.Module):
             implementation=self.config.attention_impl)
         return self.project_out(attended)
 
+    def cached(self, x: jax.Array, cos: jax.Array, sin: jax.Array, view: CacheView) -> tuple[jax.Array, CacheView]:
+        """Attend from new tokens to everything in the KV cache after writing their keys and values into it."""
+        q, k, v = self.project_qkv(x, cos, sin)
+        view = view.write(k, v)
+        keys, values = view.layer_kv(q.dtype)
+        attended = jax.nn.dot_product_attention(q, keys, values, mask=view.mask(),
+                                                implementation=self.config.attention_impl)
+        return self.project_out(attended), view
+
 
 class MLP(nnx.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
@@ -147,3 +157,9 @@ class DecoderBlock(nnx.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return shard_activation(x, ("batch", "length", "act_embed"))
+
+    def cached(self, x: jax.Array, cos: jax.Array, sin: jax.Array, view: CacheView) -> tuple[jax.Array, CacheView]:
+        attended, view = self.self_attn.cached(self.input_layernorm(x), cos, sin, view)
+        x = x + attended
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return shard_activation(x, ("batch", "length", "act_embed")), view
