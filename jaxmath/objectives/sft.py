@@ -1,0 +1,42 @@
+"""Supervised fine-tuning: masked next-token cross-entropy on completion tokens, packing-aware."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+
+
+def next_token_targets(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Targets (input shifted left) and their weights: the target must be a completion token of the same
+    packed segment as the position predicting it."""
+    ids = batch["input_ids"]
+    targets = jnp.concatenate([ids[:, 1:], jnp.zeros_like(ids[:, :1])], axis=1)
+    weights = jnp.concatenate([batch["loss_mask"][:, 1:], jnp.zeros_like(ids[:, :1])], axis=1).astype(jnp.float32)
+    segments = batch.get("segment_ids")
+    if segments is not None:
+        same = jnp.concatenate([segments[:, 1:] == segments[:, :-1], jnp.zeros_like(ids[:, :1], bool)], axis=1)
+        weights = weights * (same & (segments > 0))
+    return targets, weights
+
+
+def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """log p(target) per position, computed in float32."""
+    logits = logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def sft_loss_terms(logits: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(sum of masked token losses, number of masked tokens). Dividing the two over the whole global batch
+    gives the token mean, never a mean of per-device or per-micro-batch means."""
+    targets, weights = next_token_targets(batch)
+    nll = -token_log_probs(logits, targets)
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def sft_loss(model, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+    """The train-step loss function for SFT (packed or padded batches)."""
+    logits = model(batch["input_ids"], segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
+    numerator, denominator = sft_loss_terms(logits, batch)
+    return numerator, denominator, {}

@@ -1,0 +1,99 @@
+"""The one train-step factory every objective (SFT, GRPO, PRM, DPO) uses.
+
+A loss function maps (model, batch, rng) to (numerator, denominator, metrics); the step's loss is
+sum(numerators) / sum(denominators) over the whole global batch and all accumulated micro-batches, so a
+token mean stays a token mean however the batch is split over devices or micro-batches.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxmath.parallel import BATCH_AXES
+from jaxmath.train.state import TrainState
+
+Batch = Mapping[str, jax.Array]
+LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
+
+
+def batch_shardings(mesh: Mesh, batch: Mapping[str, Any]) -> dict[str, NamedSharding]:
+    """Every batch array is split over (data, fsdp) on its leading axis."""
+    return {k: NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (jnp.ndim(v) - 1)))) for k, v in batch.items()}
+
+
+def _micro_batches(batch: Batch, accum: int) -> Batch:
+    """[accum * micro, ...] -> [accum, micro, ...], taking rows strided so each device's rows spread evenly."""
+    def split(x: jax.Array) -> jax.Array:
+        if x.shape[0] % accum:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split into {accum} micro-batches")
+        return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+    return {k: split(v) for k, v in batch.items()}
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh, graphdef: nnx.GraphDef,
+                    shardings: TrainState, example_batch: Mapping[str, Any], grad_accum: int = 1,
+                    donate: bool = True) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """A jitted `step(state, batch) -> (state, metrics)` with explicit shardings and the state donated.
+
+    A step whose loss or gradient norm is not finite leaves params and optimizer state unchanged
+    (metrics["skipped"] = 1); the trainer decides when to stop.
+    """
+    def loss_and_grads(params: Any, batch: Batch, rng: jax.Array):
+        def objective(p: Any):
+            numerator, denominator, metrics = loss_fn(nnx.merge(graphdef, p), batch, rng)
+            return numerator, (denominator, metrics)
+        (numerator, (denominator, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return numerator, denominator, metrics, grads
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng, step_rng = jax.random.split(state.rng)
+        if grad_accum == 1:
+            numerator, denominator, metrics, grads = loss_and_grads(state.params, batch, step_rng)
+        else:
+            micro = _micro_batches(batch, grad_accum)
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+            def accumulate(carry, xs):
+                num, den, grads = carry
+                mb, key = xs
+                n, d, m, g = loss_and_grads(state.params, mb, key)
+                return (num + n, den + d, jax.tree.map(jnp.add, grads, g)), m
+
+            keys = jax.random.split(step_rng, grad_accum)
+            (numerator, denominator, grads), per_micro = jax.lax.scan(
+                accumulate, (jnp.zeros(()), jnp.zeros(()), zeros), (micro, keys))
+            metrics = jax.tree.map(lambda x: jnp.sum(x, axis=0), per_micro)
+        scale = 1.0 / jnp.maximum(denominator, 1e-9)
+        grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+        loss = numerator * scale
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                               opt_state=keep(opt_state, state.opt_state), rng=rng)
+        out = {"loss": loss, "grad_norm": grad_norm, "tokens": denominator,
+               "skipped": (~finite).astype(jnp.int32), **metrics}
+        return new_state, out
+
+    batch_sharding = batch_shardings(mesh, example_batch)
+    return jax.jit(step, in_shardings=(shardings, batch_sharding),
+                   out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
+                   donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(loss_fn: LossFn, mesh: Mesh, graphdef: nnx.GraphDef, params_sharding: Any,
+                   example_batch: Mapping[str, Any]) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+    """A jitted `(params, batch) -> (numerator, denominator)` for held-out loss."""
+    def evaluate(params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        numerator, denominator, _ = loss_fn(nnx.merge(graphdef, params), batch, jax.random.PRNGKey(0))
+        return numerator, denominator
+
+    return jax.jit(evaluate, in_shardings=(params_sharding, batch_shardings(mesh, example_batch)),
+                   out_shardings=NamedSharding(mesh, PartitionSpec()))
