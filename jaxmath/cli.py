@@ -2,7 +2,9 @@
 
     jaxmath convert hf-to-jax --hf path/to/hf_dir --out ckpt/ [--dtype bfloat16]
     jaxmath convert jax-to-hf --ckpt ckpt/ --out hf_out/ [--dtype bfloat16] [--max-shard-size 5GB]
+    jaxmath train --config configs/sft/tiny-cpu.yaml [--set key=value] [--resume] [--dry-run]
     jaxmath data build ...            (see `jaxmath data build --help`)
+    jaxmath generate --model ckpt_or_hf_dir --prompt "What is 17 * 23?" [--max-new-tokens 256]
 """
 from __future__ import annotations
 
@@ -60,6 +62,92 @@ def _timed(job: Callable[[], object], expected: tuple[type[BaseException], ...])
     return 0
 
 
+def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Train (or resume, or dry-run) a run described by a YAML config plus dotted overrides."""
+    import json
+    import logging
+
+    from jaxmath.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog=prog, description=train_main.__doc__)
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set optimizer.lr=1e-5 (repeatable)")
+    parser.add_argument("--output-dir", default=None, help="run directory (default: the config's output_dir)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="compile the train step and print per-device memory; loads no weights")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from jaxmath.train.config import TrainConfig
+    from jaxmath.train.trainer import TrainingError, dry_run, train
+
+    try:
+        config = load_config(TrainConfig, args.config, args.set)
+        if args.dry_run:
+            print(json.dumps(dry_run(config, args.output_dir), indent=2))
+            return 0
+        print(json.dumps(train(config, args.output_dir, resume=args.resume), indent=2))
+    except (ConfigError, TrainingError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Continue prompts with the KV-cache sampler and print each completion."""
+    from jaxmath.checkpoint import CheckpointError
+    from jaxmath.data.formats import FORMATS, get_format, render_prompt
+
+    parser = argparse.ArgumentParser(prog=prog, description=generate_main.__doc__)
+    parser.add_argument("--model", required=True, help="HF checkpoint directory or jaxmath model directory")
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
+    parser.add_argument("--format", default="boxed", choices=[*sorted(FORMATS), "raw"],
+                        help="prompt format rendered through the chat template; raw = the text as given")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--min-p", type=float, default=0.0)
+    parser.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                        help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    args = parser.parse_args(argv)
+    import jax
+
+    from jaxmath.evaluation import Sampling, load_for_generation, sample_completions
+
+    try:
+        prompts = list(args.prompt)
+        if args.prompts_file:
+            with open(args.prompts_file, encoding="utf-8") as handle:
+                prompts += [line.rstrip("\n") for line in handle if line.strip()]
+        if not prompts:
+            parser.error("give at least one --prompt or a --prompts-file")
+        model, tokenizer, eos_ids, mesh = load_for_generation(args.model, args.dtype, args.tokenizer)
+        if args.format != "raw":
+            prompts = [render_prompt(get_format(args.format), p, tokenizer) for p in prompts]
+        sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.min_p, args.seed,
+                            tuple(args.stop))
+        start = time.perf_counter()
+        with jax.set_mesh(mesh):
+            results = sample_completions(model, tokenizer, prompts, args.num_samples, sampling, eos_ids,
+                                         batch_size=len(prompts) * args.num_samples)
+    except (CheckpointError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for i, samples in enumerate(results, start=1):
+        for j, (text, tokens) in enumerate(samples, start=1):
+            print(f"=== prompt {i}, sample {j} ({tokens} tokens) ===\n{text}")
+    total = sum(tokens for samples in results for _, tokens in samples)
+    print(f"generated {total} tokens in {time.perf_counter() - start:.1f}s (compilation included)")
+    return 0
+
+
 def data_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from jaxmath.data.__main__ import main as data
 
@@ -69,6 +157,8 @@ def data_main(argv: list[str] | None = None, prog: str | None = None) -> int:
 COMMANDS: dict[str, dict[str, Callable[..., int]]] = {
     "convert": {"hf-to-jax": hf_to_jax_main, "jax-to-hf": jax_to_hf_main},
     "data": {"": data_main},
+    "generate": {"": generate_main},
+    "train": {"": train_main},
 }
 
 

@@ -110,7 +110,7 @@ def _leaf(tree: Mapping[str, Any], path: PathTuple) -> Any:
     return tree
 
 
-def _to_host(array: Any) -> np.ndarray:
+def to_host(array: Any) -> np.ndarray:
     """A full numpy copy of a (possibly sharded, possibly multi-host) array."""
     if isinstance(array, jax.Array) and not array.is_fully_addressable:
         from jax.experimental import multihost_utils
@@ -126,7 +126,7 @@ def iter_jax_to_hf(params: Mapping[str, Any], config: ModelConfig, dtype: str,
     bar = tqdm(total=sum(len(r.hf_names(config)) for r in rules), desc="JAX -> HF", unit="tensor",
                disable=not progress)
     for rule in rules:
-        value = _to_host(_leaf(params, rule.jax_path))
+        value = to_host(_leaf(params, rule.jax_path))
         for i, name in enumerate(rule.hf_names(config)):
             yield name, rule.layout.to_hf(value[i] if rule.stacked else value, config).astype(target, copy=False)
             bar.update(1)

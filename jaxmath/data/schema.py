@@ -1,10 +1,19 @@
-"""The one record schema every data source is mapped into."""
+"""The one record schema every data source is mapped into, and the error a row that cannot be one raises."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
 
 REQUIRED_FIELDS = ("id", "question", "answer")
+
+
+class BadRow(ValueError):
+    """A row that cannot become an example; `reason` is the category counted in skip reports."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,80 @@
+"""The training config: YAML sections model / mesh / optimizer / data / train (see configs/)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from jaxmath.parallel import MeshConfig
+from jaxmath.train.optimizer import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """Where the weights come from: a HF or jaxmath directory (`path`), or a HF-style config dict to
+    initialise randomly (`init`, e.g. tiny CPU runs; vocab_size defaults to the tokenizer's size)."""
+
+    path: str | None = None
+    init: dict[str, Any] | None = None
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"  # master weights (float32 + bfloat16 compute = mixed precision)
+    remat: str = "none"
+    attention_impl: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.init is None):
+            raise ValueError("set exactly one of model.path (pretrained weights) and model.init (random init)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """Records from files and/or synthetic generators, rendered in a prompt format, tokenised and packed."""
+
+    train: list[str] = dataclasses.field(default_factory=list)  # JSONL / Parquet files in the record schema
+    eval: list[str] = dataclasses.field(default_factory=list)
+    synthetic: dict[str, int] = dataclasses.field(default_factory=dict)  # generator name -> count
+    eval_fraction: float = 0.0  # held out from the training records when no eval files are given
+    format: str = "boxed"
+    tokenizer: str | None = None  # a tokenizer directory; None = model.path; "train" = fit a BPE on the data
+    tokenizer_vocab_size: int = 512
+    seq_len: int = 1024
+    batch_size: int = 8  # global rows per optimizer step (all micro-batches, all processes)
+    packing: Literal["first_fit", "best_fit"] | None = "first_fit"
+    seed: int = 0
+    strict: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    steps: int = 100
+    log_every: int = 10
+    eval_every: int = 0  # 0 = only at the end
+    eval_batches: int = 4
+    save_every: int = 0  # 0 = only at the end
+    keep_checkpoints: int = 3
+    max_bad_steps: int = 5  # stop after this many consecutive non-finite steps
+    seed: int = 0
+    export_hf: bool = True  # write final_model/ (jaxmath) and hf/ (transformers) at the end
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.log_every < 1:
+            raise ValueError(f"train.steps and train.log_every must be >= 1, got {self.steps}, {self.log_every}")
+        if self.eval_every % self.log_every:
+            raise ValueError(f"train.eval_every={self.eval_every} must be a multiple of "
+                             f"train.log_every={self.log_every} (eval results are logged with the step's row)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    objective: Literal["sft"] = "sft"
+    output_dir: str = "runs/default"
+    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(init={}))
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    train: TrainSection = dataclasses.field(default_factory=TrainSection)
+
+    def __post_init__(self) -> None:
+        if self.data.batch_size % self.optimizer.grad_accum:
+            raise ValueError(f"data.batch_size={self.data.batch_size} is not a multiple of "
+                             f"optimizer.grad_accum={self.optimizer.grad_accum}")

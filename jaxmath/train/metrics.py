@@ -1,0 +1,71 @@
+"""Training metrics: model FLOPs and MFU, and one writer for metrics.jsonl plus TensorBoard."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+
+from jaxmath.models.config import ModelConfig
+
+# Dense peak FLOP/s per device for bfloat16 (and float32 where it differs); matched on device_kind.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "a100": {"bfloat16": 312e12, "float32": 156e12},  # float32 via TF32 tensor cores
+    "h100": {"bfloat16": 989e12, "float32": 494e12},
+    "h200": {"bfloat16": 989e12, "float32": 494e12},
+    "tpu v4": {"bfloat16": 275e12, "float32": 275e12},
+    "tpu v5 lite": {"bfloat16": 197e12, "float32": 197e12},  # v5e
+    "tpu v5e": {"bfloat16": 197e12, "float32": 197e12},
+    "tpu v5p": {"bfloat16": 459e12, "float32": 459e12},
+    "tpu v5": {"bfloat16": 459e12, "float32": 459e12},
+}
+
+
+def peak_flops(device: jax.Device, dtype: str) -> float | None:
+    """The device's peak dense FLOP/s for `dtype`, or None when the device is not in the table (e.g. CPU)."""
+    kind = device.device_kind.lower()
+    for name in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if name in kind:
+            table = PEAK_FLOPS[name]
+            return table.get(dtype, table["bfloat16"])
+    return None
+
+
+def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Forward + backward FLOPs per token: 6 x matmul parameters + attention scores (PaLM appendix B)."""
+    embedding = config.vocab_size * config.hidden_size
+    matmul_params = config.num_params() - embedding + (embedding if config.tie_word_embeddings else 0)
+    attention = 12 * config.num_layers * config.num_heads * config.head_dim * seq_len
+    return 6 * matmul_params + attention
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.tensorboard = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+            self.tensorboard = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(key, value, step)
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value

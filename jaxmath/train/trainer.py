@@ -1,0 +1,338 @@
+"""The training loop: data -> sharded train step -> metrics, evaluation, checkpoints, final export.
+
+Everything a run writes lives in its output directory: config.yaml, metrics.jsonl, tensorboard/,
+checkpoints/<step>/ (resumable), tokenizer/, and at the end final_model/ (jaxmath) and hf/ (transformers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxmath.checkpoint.convert import model_config_from_hf, to_host
+from jaxmath.checkpoint.hf_io import HFCheckpointReader
+from jaxmath.checkpoint.pretrained import (export_to_hf, from_pretrained, hf_config_of, is_jaxmath_dir,
+                                           save_jaxmath)
+from jaxmath.config import dump_yaml
+from jaxmath.data.formats import get_format
+from jaxmath.data.pipelines import PipelineOptions, sft_pipeline
+from jaxmath.data.readers import read_records
+from jaxmath.data.schema import Record
+from jaxmath.data.tokenizer import ensure_pad_token, load_tokenizer, train_tokenizer
+from jaxmath.models.config import ModelConfig
+from jaxmath.models.transformer import build_model
+from jaxmath.objectives.sft import sft_loss
+from jaxmath.parallel import initialize_distributed, make_mesh
+from jaxmath.train.checkpointing import TrainCheckpointer
+from jaxmath.train.config import TrainConfig
+from jaxmath.train.metrics import MetricsWriter, peak_flops, train_flops_per_token
+from jaxmath.train.optimizer import make_optimizer
+from jaxmath.train.state import TrainState, init_train_state, param_shardings, state_shardings
+from jaxmath.train.step import batch_shardings, make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+LOSS_FUNCTIONS = {"sft": sft_loss}
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many consecutive non-finite steps)."""
+
+
+# ---------------------------------------------------------------- model and tokenizer
+
+
+def _hf_config_dict(config: TrainConfig, tokenizer: Any | None) -> dict[str, Any]:
+    """The HF config.json dict of the model being trained (source checkpoint's, or built from model.init)."""
+    path = config.model.path
+    if path is not None:
+        return hf_config_of(Path(path)) if is_jaxmath_dir(path) else HFCheckpointReader(path).config
+    hf = dict(config.model.init or {})
+    if tokenizer is not None:
+        hf.setdefault("vocab_size", len(tokenizer))
+        for key, token in (("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id),
+                           ("bos_token_id", tokenizer.bos_token_id)):
+            if token is not None:
+                hf.setdefault(key, token)
+    return hf
+
+
+def model_config(config: TrainConfig, hf_config: Mapping[str, Any]) -> ModelConfig:
+    m = config.model
+    runtime = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=m.attention_impl)
+    if m.path is not None and is_jaxmath_dir(m.path):
+        marker = json.loads((Path(m.path) / "jaxmath.json").read_text())
+        return ModelConfig(**{**marker["model_config"], **runtime})
+    return model_config_from_hf(hf_config, **runtime)
+
+
+def load_params(config: TrainConfig, mconfig: ModelConfig, mesh: jax.sharding.Mesh,
+                shardings: dict[str, Any]) -> dict[str, Any]:
+    """Pretrained weights placed on the mesh, or a random init created directly in its shards."""
+    if config.model.path is not None:
+        model = from_pretrained(config.model.path, dtype=mconfig.dtype, mesh=mesh, param_dtype=mconfig.param_dtype,
+                                remat=mconfig.remat, attention_impl=mconfig.attention_impl)
+        return nnx.to_pure_dict(nnx.state(model))
+    init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build_model(mconfig, config.model.seed))),
+                   out_shardings=shardings)
+    return init()
+
+
+def prepare_tokenizer(config: TrainConfig, records: list[Record], out: Path) -> Any:
+    """The run's tokenizer, saved under out/tokenizer so a resumed run uses the very same one."""
+    saved = out / "tokenizer"
+    if saved.is_dir():
+        return ensure_pad_token(load_tokenizer(saved))
+    if config.data.tokenizer == "train":
+        fmt = get_format(config.data.format)
+        texts = [f"{fmt.system_prompt}\n{r.question}\n{fmt.target(r)}" for r in records]
+        tokenizer = train_tokenizer(texts, vocab_size=config.data.tokenizer_vocab_size)
+    else:
+        source = config.data.tokenizer or config.model.path
+        if source is None:
+            raise ValueError("data.tokenizer is not set and model.path has no tokenizer: set data.tokenizer")
+        tokenizer = load_tokenizer(Path(source) / "hf_files" if is_jaxmath_dir(source) else source)
+    tokenizer = ensure_pad_token(tokenizer)
+    if jax.process_index() == 0:
+        tokenizer.save_pretrained(saved)
+    return tokenizer
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_records(config: TrainConfig) -> tuple[list[Record], list[Record]]:
+    """(train, eval) records from files and generators; eval falls back to a held-out fraction."""
+    from jaxmath.data.generators import generate
+
+    train: list[Record] = []
+    for path in config.data.train:
+        train.extend(read_records(path))
+    for k, (name, count) in enumerate(sorted(config.data.synthetic.items())):
+        train.extend(generate(name, count, seed=config.data.seed + k))
+    evaluation: list[Record] = [r for path in config.data.eval for r in read_records(path)]
+    if not evaluation and config.data.eval_fraction > 0:
+        order = np.random.default_rng(config.data.seed).permutation(len(train))
+        held = max(1, int(len(train) * config.data.eval_fraction))
+        evaluation = [train[i] for i in order[:held]]
+        train = [train[i] for i in order[held:]]
+    if not train:
+        raise ValueError("no training records: set data.train files or data.synthetic generators")
+    return train, evaluation
+
+
+def make_pipeline(config: TrainConfig, records: list[Record], tokenizer: Any, train: bool):
+    per_process = config.data.batch_size // jax.process_count()
+    options = PipelineOptions(seed=config.data.seed, num_epochs=None if train else 1, shuffle=train,
+                              strict=config.data.strict)
+    return sft_pipeline(records, tokenizer, get_format(config.data.format), seq_len=config.data.seq_len,
+                        batch_size=per_process, options=options, packing=config.data.packing)
+
+
+def to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded over (data, fsdp)."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop needs, built once from the config."""
+
+    config: TrainConfig
+    out: Path
+    mesh: jax.sharding.Mesh
+    model_config: ModelConfig
+    hf_config: dict[str, Any]
+    tokenizer: Any
+    graphdef: nnx.GraphDef
+    shardings: TrainState
+    step_fn: Callable
+    eval_fn: Callable
+    batch_sharding: dict[str, Any]
+    schedule: Callable
+    train_records: list[Record]
+    eval_records: list[Record]
+
+
+def _example_batch(config: TrainConfig) -> dict[str, np.ndarray]:
+    shape = (config.data.batch_size, config.data.seq_len)
+    return {k: np.zeros(shape, np.int32) for k in ("input_ids", "loss_mask", "segment_ids", "positions")}
+
+
+def build_run(config: TrainConfig, output_dir: str | Path | None = None) -> Run:
+    out = Path(output_dir or config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(config.mesh)
+    train_records, eval_records = load_records(config)
+    tokenizer = prepare_tokenizer(config, train_records, out)
+    hf_config = _hf_config_dict(config, tokenizer)
+    mconfig = model_config(config, hf_config)
+    if len(tokenizer) > mconfig.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {mconfig.vocab_size}")
+    abstract = nnx.eval_shape(lambda: build_model(mconfig))
+    graphdef, abstract_state = nnx.split(abstract)
+    p_shard = param_shardings(abstract, mesh)
+    optimizer, schedule = make_optimizer(config.optimizer, config.train.steps)
+    shardings = state_shardings(p_shard, optimizer, nnx.to_pure_dict(abstract_state), mesh)
+    loss_fn = LOSS_FUNCTIONS[config.objective]
+    example = _example_batch(config)
+    step_fn = make_train_step(loss_fn, optimizer, mesh, graphdef, shardings, example, config.optimizer.grad_accum)
+    eval_fn = make_eval_step(loss_fn, mesh, graphdef, p_shard, example)
+    return Run(config, out, mesh, mconfig, hf_config, tokenizer, graphdef, shardings, step_fn, eval_fn,
+               batch_shardings(mesh, example), schedule, train_records, eval_records)
+
+
+def abstract_state(run: Run) -> TrainState:
+    return jax.tree.map(lambda s, a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), run.shardings,
+                        jax.eval_shape(lambda: _fresh_state_shapes(run)))
+
+
+def _fresh_state_shapes(run: Run) -> TrainState:
+    params = nnx.to_pure_dict(nnx.state(build_model(run.model_config)))
+    optimizer, _ = make_optimizer(run.config.optimizer, run.config.train.steps)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(0))
+
+
+def dry_run(config: TrainConfig, output_dir: str | Path | None = None) -> dict[str, float]:
+    """Compile the train step for the config's shapes and report per-device memory, loading no weights."""
+    run = build_run(config, output_dir)
+    state = abstract_state(run)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding[k])
+             for k, v in _example_batch(config).items()}
+    compiled = run.step_fn.lower(state, batch).compile()
+    stats = compiled.memory_analysis()
+    gib = 2**30
+    report = {
+        "devices": jax.device_count(),
+        "params_gib_total": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params)) / gib,
+        "optimizer_gib_total": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state)) / gib,
+    }
+    if stats is not None:
+        report.update({
+            "argument_gib_per_device": stats.argument_size_in_bytes / gib,
+            "output_gib_per_device": stats.output_size_in_bytes / gib,
+            "temp_gib_per_device": stats.temp_size_in_bytes / gib,
+            "alias_gib_per_device": stats.alias_size_in_bytes / gib,
+        })
+        report["peak_gib_per_device"] = (stats.argument_size_in_bytes + stats.output_size_in_bytes
+                                         + stats.temp_size_in_bytes - stats.alias_size_in_bytes) / gib
+    return report
+
+
+def evaluate_loss(run: Run, params: Any) -> float | None:
+    if not run.eval_records:
+        return None
+    numerator = denominator = 0.0
+    pipeline = make_pipeline(run.config, run.eval_records, run.tokenizer, train=False)
+    for k, batch in enumerate(pipeline):
+        if k >= run.config.train.eval_batches:
+            break
+        n, d = run.eval_fn(params, to_global(batch, run.batch_sharding))
+        numerator, denominator = numerator + float(n), denominator + float(d)
+    return numerator / max(denominator, 1.0)
+
+
+def train(config: TrainConfig, output_dir: str | Path | None = None, resume: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary with the final loss and eval loss."""
+    initialize_distributed()
+    run = build_run(config, output_dir)
+    out, tc = run.out, config.train
+    if jax.process_index() == 0:
+        dump_yaml(config, out / "config.yaml")
+    checkpointer = TrainCheckpointer(out / "checkpoints", keep=tc.keep_checkpoints)
+    data = iter(make_pipeline(config, run.train_records, run.tokenizer, train=True).dataset)
+    if resume and checkpointer.latest_step() is not None:
+        state, data_state, _ = checkpointer.restore(abstract_state(run))
+        data.set_state(data_state)
+        log.info("resumed from step %d", int(state.step))
+    else:
+        if resume:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", checkpointer.directory)
+        params = load_params(config, run.model_config, run.mesh, run.shardings.params)
+        state = init_train_state(params, make_optimizer(config.optimizer, tc.steps)[0], tc.seed, run.shardings)
+    writer = MetricsWriter(out, enabled=jax.process_index() == 0)
+    start = int(state.step)
+    summary = _loop(run, state, data, checkpointer, writer, start, progress)
+    writer.close()
+    checkpointer.close()
+    return summary
+
+
+def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckpointer, writer: MetricsWriter,
+          start: int, progress: bool) -> dict[str, Any]:
+    tc = run.config.train
+    flops_per_token = train_flops_per_token(run.model_config, run.config.data.seq_len)
+    peak = peak_flops(jax.devices()[0], run.model_config.dtype)
+    bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", disable=not progress)
+    bad_steps, last_loss, eval_loss = 0, math.nan, None
+    window = {"tokens": 0, "positions": 0, "time": time.perf_counter()}
+    pending: tuple[int, dict[str, jax.Array]] | None = None
+    extra: dict[str, float] = {}  # eval results, written with the next logged row
+
+    def settle(step: int, metrics: dict[str, jax.Array]) -> None:
+        """Read back a finished step's metrics (one step late, so the device never waits for the host)."""
+        nonlocal bad_steps, last_loss
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bad_steps = bad_steps + 1 if values["skipped"] else 0
+        if bad_steps >= tc.max_bad_steps:
+            raise TrainingError(f"{bad_steps} consecutive steps had a non-finite loss or gradient (last at step "
+                                f"{step}); stopping. Lower the learning rate or check the data.")
+        last_loss = values["loss"]
+        bar.set_postfix(loss=f"{last_loss:.4f}")
+        if step % tc.log_every == 0 or step == tc.steps:
+            elapsed = time.perf_counter() - window["time"]
+            tokens_per_second = window["tokens"] / elapsed
+            row = {"loss": values["loss"], "learning_rate": float(run.schedule(step - 1)),
+                   "grad_norm": values["grad_norm"], "tokens_per_second": tokens_per_second,
+                   "skipped_steps": int(values["skipped"])}
+            if peak:
+                row["mfu"] = flops_per_token * window["positions"] / elapsed / (peak * jax.device_count())
+            writer.write(step, {**row, **extra})
+            extra.clear()
+            window.update(tokens=0, positions=0, time=time.perf_counter())
+
+    for step in range(start + 1, tc.steps + 1):
+        batch = next(data)
+        window["tokens"] += int(np.sum(batch["segment_ids"] > 0)) * jax.process_count()
+        window["positions"] += batch["input_ids"].size * jax.process_count()
+        state, metrics = run.step_fn(state, to_global(batch, run.batch_sharding))
+        if pending is not None:
+            settle(*pending)
+        pending = (step, metrics)
+        bar.update(1)
+        if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
+            eval_loss = evaluate_loss(run, state.params)
+            if eval_loss is not None:
+                extra["eval_loss"] = eval_loss
+        if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
+            checkpointer.save(step, state, data.get_state(), {"step": step})
+    if pending is not None:
+        settle(*pending)
+    bar.close()
+    checkpointer.wait()
+    if tc.export_hf:
+        export_final(run, state.params)
+    return {"steps": tc.steps, "final_loss": last_loss, "eval_loss": eval_loss, "output_dir": str(run.out)}
+
+
+def export_final(run: Run, params: Any) -> None:
+    """final_model/ (jaxmath model directory) and hf/ (transformers checkpoint with the tokenizer)."""
+    host = jax.tree.map(to_host, params)  # a collective on multi-host runs: every process takes part
+    if jax.process_index() != 0:
+        return
+    side = sorted((run.out / "tokenizer").glob("*"))
+    save_jaxmath(run.out / "final_model", host, run.model_config, run.hf_config, side, overwrite=True)
+    export_to_hf(run.out / "final_model", run.out / "hf", overwrite=True)

@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Train with a YAML config (SFT today; GRPO, PRM and DPO share the same loop and step factory).
+
+    python launch/train.py --config configs/sft/tiny-cpu.yaml
+    python launch/train.py --config configs/sft/qwen2.5-math-1.5b.yaml --set optimizer.lr=1e-5
+    python launch/train.py --config configs/sft/qwen2.5-math-1.5b.yaml --resume
+    python launch/train.py --config configs/sft/deepseek-math-7b-lora.yaml --dry-run   # memory per device
+
+Multi-host: the same command on every host; jax.distributed starts from the SLURM / TPU environment
+(see launch/slurm_gpu.sbatch and launch/tpu_pod.sh) or JAXMATH_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID.
+"""
+import sys
+
+from jaxmath.cli import train_main
+
+if __name__ == "__main__":
+    sys.exit(train_main())
