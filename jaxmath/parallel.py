@@ -32,6 +32,7 @@ LOGICAL_AXIS_RULES: dict[str, Any] = {
     "layers": None,
     "norm": None,
     "labels": None,
+    "lora_rank": None,
     # activations
     "batch": BATCH_AXES,
     "length": None,

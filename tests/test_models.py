@@ -164,3 +164,29 @@ def test_kv_cache_prefill_then_decode_equals_full_forward(model_type):
         logits, cache = model.extend(jnp.asarray(ids[:, t:t + 1]), jnp.asarray(positions[:, t:t + 1]),
                                      jnp.asarray(mask[:, t:t + 1]), cache, t)
         np.testing.assert_allclose(np.asarray(logits)[:, 0], ref[:, t], atol=1e-5)
+
+
+def test_lora_adapters_start_at_the_base_model_and_merge_exactly(tmp_path):
+    from flax import nnx, traverse_util
+    from jaxmath.models.lora import is_lora_path, merge_lora
+    hf = tiny_model("qwen2")
+    src = save_tiny(hf, tmp_path / "hf")
+    base = jaxmath.from_pretrained(src)
+    lora = jaxmath.from_pretrained(src, lora_rank=4, lora_alpha=8.0)
+    ids, mask = left_padded_batch()
+    np.testing.assert_array_equal(np.asarray(lora(jnp.asarray(ids), attention_mask=jnp.asarray(mask))),
+                                  np.asarray(base(jnp.asarray(ids), attention_mask=jnp.asarray(mask))))
+    # Give every B factor values, then the merged plain model must equal the adapted one.
+    params = nnx.to_pure_dict(nnx.state(lora))
+    rng = np.random.default_rng(0)
+    flat = {k: (rng.normal(0, 0.05, v.shape).astype(np.float32) if k[-1].endswith("_lora_b") else np.asarray(v))
+            for k, v in traverse_util.flatten_dict(params).items()}
+    adapted = nnx.merge(nnx.graphdef(lora), traverse_util.unflatten_dict(flat))
+    merged_params = merge_lora(traverse_util.unflatten_dict(flat), lora.config)
+    assert not any(is_lora_path(k) for k in traverse_util.flatten_dict(merged_params))
+    plain = nnx.merge(nnx.graphdef(base), merged_params)
+    np.testing.assert_allclose(np.asarray(adapted(jnp.asarray(ids))), np.asarray(plain(jnp.asarray(ids))), atol=1e-5)
+    # The HF export of the adapted model is the merged model.
+    out = jaxmath.export_to_hf(adapted, tmp_path / "out", hf_config=hf.config.to_dict())
+    reloaded = jaxmath.from_pretrained(out)
+    np.testing.assert_allclose(np.asarray(reloaded(jnp.asarray(ids))), np.asarray(plain(jnp.asarray(ids))), atol=1e-5)

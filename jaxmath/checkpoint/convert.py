@@ -20,6 +20,7 @@ from jaxmath.checkpoint.hf_io import (CheckpointError, HFCheckpointReader, SAFET
                                       numpy_dtype, parse_size, write_safetensors_shards)
 from jaxmath.checkpoint.mapping import IGNORED_HF_TENSORS, Rule, hf_architecture, rules_for
 from jaxmath.models.config import ModelConfig
+from jaxmath.models.lora import merge_lora
 from jaxmath.models.transformer import build_model
 
 PathTuple = tuple[str, ...]
@@ -149,8 +150,13 @@ def export_hf_config(hf_config: Mapping[str, Any], config: ModelConfig, dtype: s
 def write_hf_checkpoint(out: str | Path, params: Mapping[str, Any], config: ModelConfig,
                         hf_config: Mapping[str, Any], dtype: str, side_files: list[Path] = (),
                         max_shard_size: str | int = "5GB", overwrite: bool = False, progress: bool = False) -> Path:
-    """Write a HF checkpoint directory atomically: safetensors shards + index, config.json, side files."""
+    """Write a HF checkpoint directory atomically: safetensors shards + index, config.json, side files.
+
+    LoRA adapters are merged into their base weights first, so the export is a plain model.
+    """
     out = Path(out)
+    if config.lora_rank:
+        params, config = merge_lora(jax.tree.map(to_host, params), config), config.replace(lora_rank=0)
     with atomic_directory(out, overwrite=overwrite) as tmp:
         write_safetensors_shards(tmp, iter_jax_to_hf(params, config, dtype, progress), parse_size(max_shard_size))
         (tmp / "config.json").write_text(json.dumps(export_hf_config(hf_config, config, dtype), indent=2) + "\n")

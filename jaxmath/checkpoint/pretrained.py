@@ -15,19 +15,21 @@ from typing import Any, Iterable, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
+from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 
 from jaxmath.checkpoint.convert import (PathTuple, iter_hf_to_jax, model_config_from_hf, source_dtype,
                                         write_hf_checkpoint)
 from jaxmath.checkpoint.hf_io import CheckpointError, HFCheckpointReader, atomic_directory
 from jaxmath.models.config import ModelConfig
+from jaxmath.models.lora import init_lora_params, is_lora_path
 from jaxmath.models.transformer import CausalLM, TokenClassifier, build_model
 from jaxmath.parallel import named_sharding
 
 FORMAT = "jaxmath.model"
 MARKER = "jaxmath.json"
 RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 Model = CausalLM | TokenClassifier
 
 
@@ -50,6 +52,8 @@ def _sharding(variable: nnx.Variable, mesh: Mesh | None) -> jax.sharding.Shardin
 
 def _place(host: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
     """Put a host array onto devices; each device (and host) only materialises its own shard."""
+    if isinstance(host, jax.Array) and host.sharding == sharding:
+        return host
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
@@ -64,10 +68,14 @@ def _nest(flat: Mapping[PathTuple, Any]) -> dict[str, Any]:
 
 
 def _assemble(config: ModelConfig, arrays: Iterable[tuple[PathTuple, Any]], mesh: Mesh | None) -> Model:
+    """A model from (path, host array) pairs; LoRA adapters the source lacks are freshly initialised."""
     graphdef, state, variables = _abstract(config)
     placed = {}
     for path, host in arrays:
         placed[path] = _place(host, _sharding(variables[path], mesh))
+    if config.lora_rank and not any(is_lora_path(p) for p in placed):
+        for path, value in traverse_util.flatten_dict(init_lora_params(config)).items():
+            placed[path] = _place(np.asarray(value), _sharding(variables[path], mesh))
     missing = sorted("/".join(p) for p in variables if p not in placed)
     if missing:
         raise CheckpointError(f"parameters missing after loading: {missing[:5]}")
@@ -76,9 +84,10 @@ def _assemble(config: ModelConfig, arrays: Iterable[tuple[PathTuple, Any]], mesh
 
 
 def _runtime(dtype: str, param_dtype: str | None, runtime: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(runtime) - set(RUNTIME_FIELDS))
+    unknown = sorted(set(runtime) - set(RUNTIME_FIELDS) - set(LORA_FIELDS))
     if unknown:
-        raise TypeError(f"from_pretrained: unknown option(s) {unknown}; expected some of {RUNTIME_FIELDS}")
+        raise TypeError(f"from_pretrained: unknown option(s) {unknown}; expected some of "
+                        f"{RUNTIME_FIELDS + LORA_FIELDS}")
     return {"dtype": dtype, "param_dtype": param_dtype or dtype, **runtime}
 
 
@@ -88,7 +97,8 @@ def from_pretrained(path: str | Path, dtype: str = "float32", mesh: Mesh | None 
 
     `dtype` is the compute dtype and, unless `param_dtype` is given, the parameter dtype. With a mesh,
     every parameter is placed straight onto it per the logical-axis rules (each device holds its shard).
-    Extra options: remat, attention_impl.
+    Extra options: remat, attention_impl, and lora_rank / lora_alpha / lora_dropout / lora_targets to add
+    freshly initialised LoRA adapters to a checkpoint that has none.
     """
     path = Path(path)
     options = _runtime(dtype, param_dtype, runtime)
@@ -111,8 +121,12 @@ def read_marker(path: Path) -> dict[str, Any]:
 
 def _load_jaxmath(path: Path, mesh: Mesh | None, options: Mapping[str, Any]) -> Model:
     marker = read_marker(path)
-    config = ModelConfig(**{**marker["model_config"], **options})
-    graphdef, state, variables = _abstract(config)
+    saved = ModelConfig(**{**marker["model_config"], **{k: v for k, v in options.items() if k in RUNTIME_FIELDS}})
+    config = saved.replace(**{k: v for k, v in options.items() if k in LORA_FIELDS})
+    if saved.lora_rank and config != saved:
+        raise CheckpointError(f"{path}: the checkpoint has LoRA adapters (rank {saved.lora_rank}); "
+                              "its LoRA settings cannot be changed when loading")
+    _, _, variables = _abstract(saved)
     target = _nest({p: jax.ShapeDtypeStruct(v.get_value().shape, config.weight_dtype, sharding=_sharding(v, mesh))
                     for p, v in variables.items()})
     params_dir = (path / "params").absolute()
@@ -122,8 +136,7 @@ def _load_jaxmath(path: Path, mesh: Mesh | None, options: Mapping[str, Any]) -> 
         restored = ocp.StandardCheckpointer().restore(params_dir, target)
     except Exception as err:
         raise CheckpointError(f"{params_dir}: cannot restore parameters ({err})") from err
-    nnx.replace_by_pure_dict(state, restored)
-    return nnx.merge(graphdef, state)
+    return _assemble(config, traverse_util.flatten_dict(restored).items(), mesh)
 
 
 def hf_config_of(path: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -50,6 +51,11 @@ class ModelConfig:
     mlp_bias: bool = False
     qk_norm: bool = False
     num_labels: int = 0  # > 0 for a token-classification head
+    # LoRA adapters (rank 0 = none): W x + (alpha / rank) B A dropout(x) on each target projection.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
     # Runtime choices (not part of the checkpoint).
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
@@ -68,6 +74,11 @@ class ModelConfig:
         if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
         as_dtype(self.dtype), as_dtype(self.param_dtype)
+        unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if unknown:
+            raise ValueError(f"lora_targets has unknown module(s) {unknown}; expected some of {LORA_TARGETS}")
+        if self.lora_rank < 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_rank={self.lora_rank} must be >= 0 and lora_dropout={self.lora_dropout} in [0, 1)")
         rope_type = self.rope_params.get("rope_type", "default")
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise UnsupportedConfigError(
@@ -76,6 +87,13 @@ class ModelConfig:
     @property
     def rope_params(self) -> dict[str, Any]:
         return dict(self.rope_scaling)
+
+    def has_lora(self, target: str) -> bool:
+        return self.lora_rank > 0 and target in self.lora_targets
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
     @property
     def compute_dtype(self) -> Any:

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxmath.models.cache import CacheView
@@ -33,6 +34,45 @@ def normal_init(stddev: float) -> Initializer:
 
 zeros_init: Initializer = jax.nn.initializers.zeros
 ones_init: Initializer = jax.nn.initializers.ones
+
+
+def add_lora(module: nnx.Module, name: str, in_shape: Sequence[int], in_axes: Sequence[str],
+             out_shape: Sequence[int], out_axes: Sequence[str], config: ModelConfig, rngs: nnx.Rngs,
+             num_layers: int | None) -> None:
+    """Give projection `name` LoRA factors `{name}_lora_a` [in..., rank] (random) and `{name}_lora_b`
+    [rank, out...] (zeros, so training starts from the base model), when the config targets it."""
+    if not config.has_lora(name):
+        return
+    fan_in = int(np.prod(in_shape))
+    a = make_param(rngs, (*in_shape, config.lora_rank), (*in_axes, "lora_rank"), normal_init(fan_in ** -0.5),
+                   config.weight_dtype, num_layers)
+    b = make_param(rngs, (config.lora_rank, *out_shape), ("lora_rank", *out_axes), zeros_init,
+                   config.weight_dtype, num_layers)
+    setattr(module, f"{name}_lora_a", a)
+    setattr(module, f"{name}_lora_b", b)
+
+
+def project(module: nnx.Module, name: str, x: jax.Array, equation: str, rng: jax.Array | None) -> jax.Array:
+    """`einsum(equation, x, kernel)` plus the LoRA term when the module has one for `name`.
+
+    The LoRA path reuses the equation's letters: x's dims that the kernel contracts go through A to the
+    rank dim "r", which B maps to the kernel's output dims. Dropout applies to the LoRA input only.
+    """
+    config: ModelConfig = module.config
+    out = jnp.einsum(equation, x, getattr(module, name)[...].astype(x.dtype))
+    if not config.has_lora(name):
+        return out
+    a, b = getattr(module, f"{name}_lora_a")[...], getattr(module, f"{name}_lora_b")[...]
+    (x_sub, k_sub), out_sub = equation.split("->")[0].split(","), equation.split("->")[1]
+    in_sub, kernel_out = k_sub[: a.ndim - 1], k_sub[a.ndim - 1:]
+    mid = "".join(c for c in x_sub if c not in in_sub) + "r"
+    if config.lora_dropout and rng is not None:
+        keep = jax.random.bernoulli(jax.random.fold_in(rng, config.lora_targets.index(name)),
+                                    1.0 - config.lora_dropout, x.shape)
+        x = jnp.where(keep, x / (1.0 - config.lora_dropout), 0).astype(x.dtype)
+    hidden = jnp.einsum(f"{x_sub},{in_sub}r->{mid}", x, a.astype(x.dtype))
+    delta = jnp.einsum(f"{mid},r{kernel_out}->{out_sub}", hidden, b.astype(x.dtype))
+    return out + (config.lora_scale * delta).astype(out.dtype)
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
@@ -67,6 +107,9 @@ class Attention(nnx.Module):
         self.k_proj = make_param(rngs, (e, k, h), ("embed", "kv_heads", "head_dim"), init, dt, num_layers)
         self.v_proj = make_param(rngs, (e, k, h), ("embed", "kv_heads", "head_dim"), init, dt, num_layers)
         self.o_proj = make_param(rngs, (n, h, e), ("heads", "head_dim", "embed"), init, dt, num_layers)
+        for name, heads, axis in (("q_proj", n, "heads"), ("k_proj", k, "kv_heads"), ("v_proj", k, "kv_heads")):
+            add_lora(self, name, (e,), ("embed",), (heads, h), (axis, "head_dim"), c, rngs, num_layers)
+        add_lora(self, "o_proj", (n, h), ("heads", "head_dim"), (e,), ("embed",), c, rngs, num_layers)
         if c.qkv_bias:
             self.q_bias = make_param(rngs, (n, h), ("heads", "head_dim"), zeros_init, dt, num_layers)
             self.k_bias = make_param(rngs, (k, h), ("kv_heads", "head_dim"), zeros_init, dt, num_layers)
@@ -77,12 +120,13 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(h, c.rms_norm_eps, dtype=dt, rngs=rngs, num_layers=num_layers)
             self.k_norm = RMSNorm(h, c.rms_norm_eps, dtype=dt, rngs=rngs, num_layers=num_layers)
 
-    def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                    rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Queries, keys and values [batch, length, heads, head_dim], biased, normed and rotated."""
         c, dt = self.config, x.dtype
-        q = jnp.einsum("bte,enh->btnh", x, self.q_proj[...].astype(dt))
-        k = jnp.einsum("bte,ekh->btkh", x, self.k_proj[...].astype(dt))
-        v = jnp.einsum("bte,ekh->btkh", x, self.v_proj[...].astype(dt))
+        q = project(self, "q_proj", x, "bte,enh->btnh", rng)
+        k = project(self, "k_proj", x, "bte,ekh->btkh", rng)
+        v = project(self, "v_proj", x, "bte,ekh->btkh", rng)
         if c.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -94,18 +138,19 @@ class Attention(nnx.Module):
         v = shard_activation(v, ("batch", "length", "act_kv_heads", None))
         return q, k, v
 
-    def project_out(self, attended: jax.Array) -> jax.Array:
-        out = jnp.einsum("btnh,nhe->bte", attended, self.o_proj[...].astype(attended.dtype))
+    def project_out(self, attended: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        out = project(self, "o_proj", attended, "btnh,nhe->bte", rng)
         if self.config.o_bias:
             out = out + self.o_bias[...].astype(out.dtype)
         return out
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        q, k, v = self.project_qkv(x, cos, sin)
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
+                 rng: jax.Array | None = None) -> jax.Array:
+        q, k, v = self.project_qkv(x, cos, sin, rng)
         attended = jax.nn.dot_product_attention(
             q, k, v, mask=attention_mask(segment_ids, segment_ids), is_causal=True,
             implementation=self.config.attention_impl)
-        return self.project_out(attended)
+        return self.project_out(attended, rng)
 
     def cached(self, x: jax.Array, cos: jax.Array, sin: jax.Array, view: CacheView) -> tuple[jax.Array, CacheView]:
         """Attend from new tokens to everything in the KV cache after writing their keys and values into it."""
@@ -123,24 +168,27 @@ class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, num_layers: int | None = None):
         c, dt, init = config, config.weight_dtype, normal_init(0.02)
         e, m = c.hidden_size, c.intermediate_size
-        self.bias = c.mlp_bias
+        self.config = config
         self.gate_proj = make_param(rngs, (e, m), ("embed", "mlp"), init, dt, num_layers)
         self.up_proj = make_param(rngs, (e, m), ("embed", "mlp"), init, dt, num_layers)
         self.down_proj = make_param(rngs, (m, e), ("mlp", "embed"), init, dt, num_layers)
+        add_lora(self, "gate_proj", (e,), ("embed",), (m,), ("mlp",), c, rngs, num_layers)
+        add_lora(self, "up_proj", (e,), ("embed",), (m,), ("mlp",), c, rngs, num_layers)
+        add_lora(self, "down_proj", (m,), ("mlp",), (e,), ("embed",), c, rngs, num_layers)
         if c.mlp_bias:
             self.gate_bias = make_param(rngs, (m,), ("mlp",), zeros_init, dt, num_layers)
             self.up_bias = make_param(rngs, (m,), ("mlp",), zeros_init, dt, num_layers)
             self.down_bias = make_param(rngs, (e,), ("embed",), zeros_init, dt, num_layers)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        dt = x.dtype
-        gate = x @ self.gate_proj[...].astype(dt)
-        up = x @ self.up_proj[...].astype(dt)
-        if self.bias:
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        dt, bias = x.dtype, self.config.mlp_bias
+        gate = project(self, "gate_proj", x, "bte,em->btm", rng)
+        up = project(self, "up_proj", x, "bte,em->btm", rng)
+        if bias:
             gate, up = gate + self.gate_bias[...].astype(dt), up + self.up_bias[...].astype(dt)
         hidden = shard_activation(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        out = hidden @ self.down_proj[...].astype(dt)
-        return out + self.down_bias[...].astype(dt) if self.bias else out
+        out = project(self, "down_proj", hidden, "btm,me->bte", rng)
+        return out + self.down_bias[...].astype(dt) if bias else out
 
 
 class DecoderBlock(nnx.Module):
@@ -153,9 +201,10 @@ class DecoderBlock(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype=dt, rngs=rngs, num_layers=num_layers)
         self.mlp = MLP(config, rngs=rngs, num_layers=num_layers)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
-        x = x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
+                 rng: jax.Array | None = None) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, rng)
+        x = x + self.mlp(self.post_attention_layernorm(x), None if rng is None else jax.random.fold_in(rng, 1))
         return shard_activation(x, ("batch", "length", "act_embed"))
 
     def cached(self, x: jax.Array, cos: jax.Array, sin: jax.Array, view: CacheView) -> tuple[jax.Array, CacheView]:

@@ -59,20 +59,23 @@ class Decoder(nnx.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dt, rngs=rngs)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
-        """Final hidden states [batch, length, hidden] in the compute dtype."""
+                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                 dropout_rng: jax.Array | None = None) -> jax.Array:
+        """Final hidden states [batch, length, hidden] in the compute dtype (`dropout_rng`: LoRA dropout)."""
         segment_ids, positions = resolve_layout(input_ids, attention_mask, positions, segment_ids)
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.config.compute_dtype)
         x = shard_activation(x, ("batch", "length", "act_embed"))
         cos, sin = rope_tables(self.config, positions)
         graphdef, stacked = nnx.split(self.layers)
 
-        def body(h: jax.Array, layer_state: nnx.State) -> tuple[jax.Array, None]:
-            return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids), None
+        def body(h: jax.Array, xs: tuple[nnx.State, jax.Array]) -> tuple[jax.Array, None]:
+            layer_state, layer = xs
+            rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, layer)
+            return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids, rng), None
 
         if self.config.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.config.remat], prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, stacked)
+        x, _ = jax.lax.scan(body, x, (stacked, jnp.arange(self.config.num_layers, dtype=jnp.int32)))
         return self.norm(x)
 
     def extend(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache,
@@ -123,9 +126,10 @@ class CausalLM(nnx.Module):
         return shard_activation(logits, ("batch", "length", "act_vocab"))
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
+                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                 dropout_rng: jax.Array | None = None) -> jax.Array:
         """Logits [batch, length, vocab]."""
-        return self.logits_from_hidden(self.model(input_ids, attention_mask, positions, segment_ids))
+        return self.logits_from_hidden(self.model(input_ids, attention_mask, positions, segment_ids, dropout_rng))
 
     def extend(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache,
                index: jax.Array | int) -> tuple[jax.Array, KVCache]:
@@ -147,9 +151,10 @@ class TokenClassifier(nnx.Module):
         self.score_bias = make_param(rngs, (config.num_labels,), ("labels",), zeros_init, config.weight_dtype, None)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
+                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                 dropout_rng: jax.Array | None = None) -> jax.Array:
         """Per-token label logits [batch, length, num_labels]."""
-        hidden = self.model(input_ids, attention_mask, positions, segment_ids)
+        hidden = self.model(input_ids, attention_mask, positions, segment_ids, dropout_rng)
         return hidden @ self.score[...].astype(hidden.dtype) + self.score_bias[...].astype(hidden.dtype)
 
 

@@ -37,6 +37,7 @@ def sft_loss_terms(logits: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[j
 
 def sft_loss(model, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
     """The train-step loss function for SFT (packed or padded batches)."""
-    logits = model(batch["input_ids"], segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
+    logits = model(batch["input_ids"], segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
+                   dropout_rng=rng)
     numerator, denominator = sft_loss_terms(logits, batch)
     return numerator, denominator, {}

@@ -9,6 +9,17 @@ from jaxmath.train.optimizer import OptimizerConfig
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraSection:
+    """LoRA adapters on the target projections; the base weights stay frozen. Exports merge them."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = dataclasses.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSection:
     """Where the weights come from: a HF or jaxmath directory (`path`), or a HF-style config dict to
     initialise randomly (`init`, e.g. tiny CPU runs; vocab_size defaults to the tokenizer's size)."""
@@ -20,6 +31,16 @@ class ModelSection:
     remat: str = "none"
     attention_impl: str | None = None
     seed: int = 0
+    lora: LoraSection | None = None
+
+    def options(self) -> dict[str, Any]:
+        """ModelConfig fields set by this section (runtime choices and LoRA)."""
+        options: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
+                                       attention_impl=self.attention_impl)
+        if self.lora is not None:
+            options.update(lora_rank=self.lora.rank, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
+                           lora_targets=tuple(self.lora.targets))
+        return options
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.init is None):

@@ -28,7 +28,8 @@ class OptimizerConfig:
     clip_norm: float | None = 1.0
     grad_accum: int = 1  # micro-batches per update, accumulated exactly inside the train step
     state_dtype: str = "float32"  # "bfloat16" halves Adam's first-moment memory
-    freeze: list[str] = dataclasses.field(default_factory=list)  # regexes over "model/embed_tokens"-style paths
+    freeze: list[str] = dataclasses.field(default_factory=list)  # regexes over "model/embed_tokens"-style paths;
+    # frozen parameters get neither gradients nor optimizer state (see jaxmath.train.state.partition)
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -70,14 +71,6 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def frozen_labels(params: Any, patterns: list[str]) -> Any:
-    compiled = [re.compile(p) for p in patterns]
-
-    def label(path: tuple[Any, ...], _: Any) -> str:
-        return "frozen" if any(p.search(param_path(path)) for p in compiled) else "trained"
-    return jax.tree_util.tree_map_with_path(label, params)
-
-
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The Optax chain and its learning-rate schedule (the trainer logs schedule(step))."""
     schedule = make_schedule(config, total_steps)
@@ -87,8 +80,4 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> tuple[optax.Gra
     parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
                              weight_decay=config.weight_decay, mask=decay_mask,
                              mu_dtype=jnp.dtype(as_dtype(config.state_dtype))))
-    chain = optax.chain(*parts)
-    if config.freeze:
-        chain = optax.multi_transform({"trained": chain, "frozen": optax.set_to_zero()},
-                                      lambda params: frozen_labels(params, config.freeze))
-    return chain, schedule
+    return optax.chain(*parts), schedule

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import re
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
+from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxmath.models.lora import is_lora_path
 from jaxmath.parallel import named_sharding
 
 
@@ -22,6 +24,34 @@ class TrainState:
     params: Any  # nested dict of arrays (nnx.to_pure_dict layout)
     opt_state: Any
     rng: jax.Array  # uint32[2] (a raw key, so checkpoints stay plain arrays)
+
+
+Predicate = Callable[[str], bool]
+
+
+def trainable_predicate(freeze: list[str], lora: bool) -> Predicate:
+    """Which parameters (by "model/layers/self_attn/q_proj"-style path) the optimizer updates: with LoRA only
+    the adapters; otherwise everything not matched by a `freeze` regex."""
+    patterns = [re.compile(p) for p in freeze]
+
+    def trainable(path: str) -> bool:
+        if lora and not is_lora_path(path):
+            return False
+        return not any(p.search(path) for p in patterns)
+    return trainable
+
+
+def partition(params: dict[str, Any], trainable: Predicate) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a parameter dict into (trainable, frozen) dicts of the same nesting."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    pick = {k: trainable(k) for k in flat}
+    return (traverse_util.unflatten_dict({k: v for k, v in flat.items() if pick[k]}, sep="/"),
+            traverse_util.unflatten_dict({k: v for k, v in flat.items() if not pick[k]}, sep="/"))
+
+
+def combine(trainable: dict[str, Any], frozen: dict[str, Any]) -> dict[str, Any]:
+    flat = {**traverse_util.flatten_dict(frozen, sep="/"), **traverse_util.flatten_dict(trainable, sep="/")}
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict[str, Any]]:
@@ -45,11 +75,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def state_shardings(params_sharding: dict[str, Any], optimizer: optax.GradientTransformation,
-                    abstract_params: Any, mesh: Mesh) -> TrainState:
-    """Shardings of the whole train state: optimizer moments follow their parameters (found by compiling
-    `optimizer.init` for the sharded parameters, which allocates nothing)."""
+                    abstract_params: Any, mesh: Mesh, trainable: Predicate = lambda path: True) -> TrainState:
+    """Shardings of the whole train state: optimizer moments (kept for trainable parameters only) follow
+    their parameters, found by compiling `optimizer.init` for the sharded parameters (allocates nothing)."""
     sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                            abstract_params, params_sharding)
+    sharded = partition(sharded, trainable)[0]
     compiled = jax.jit(optimizer.init).lower(sharded).compile().output_shardings
     # Scalars (step counts) come back on one device; replicate them over the mesh instead.
     opt_sharding = jax.tree.map(
@@ -58,8 +89,8 @@ def state_shardings(params_sharding: dict[str, Any], optimizer: optax.GradientTr
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, seed: int,
-                     shardings: TrainState) -> TrainState:
+                     shardings: TrainState, trainable: Predicate = lambda path: True) -> TrainState:
     """A fresh state for (already placed) params; the optimizer state is created directly in its shards."""
-    opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+    opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(partition(params, trainable)[0])
     return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step), params=params,
                       opt_state=opt_state, rng=jax.device_put(jax.random.PRNGKey(seed), shardings.rng))

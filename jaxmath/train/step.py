@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmath.parallel import BATCH_AXES
-from jaxmath.train.state import TrainState
+from jaxmath.train.state import Predicate, TrainState, combine, partition
 
 Batch = Mapping[str, jax.Array]
 LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
@@ -37,31 +37,34 @@ def _micro_batches(batch: Batch, accum: int) -> Batch:
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh, graphdef: nnx.GraphDef,
                     shardings: TrainState, example_batch: Mapping[str, Any], grad_accum: int = 1,
-                    donate: bool = True) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+                    trainable: Predicate = lambda path: True, donate: bool = True
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """A jitted `step(state, batch) -> (state, metrics)` with explicit shardings and the state donated.
 
-    A step whose loss or gradient norm is not finite leaves params and optimizer state unchanged
-    (metrics["skipped"] = 1); the trainer decides when to stop.
+    Gradients and optimizer state exist only for parameters `trainable` accepts (LoRA adapters, or all
+    but the frozen groups). A step whose loss or gradient norm is not finite leaves params and optimizer
+    state unchanged (metrics["skipped"] = 1); the trainer decides when to stop.
     """
-    def loss_and_grads(params: Any, batch: Batch, rng: jax.Array):
+    def loss_and_grads(trained: Any, frozen: Any, batch: Batch, rng: jax.Array):
         def objective(p: Any):
-            numerator, denominator, metrics = loss_fn(nnx.merge(graphdef, p), batch, rng)
+            numerator, denominator, metrics = loss_fn(nnx.merge(graphdef, combine(p, frozen)), batch, rng)
             return numerator, (denominator, metrics)
-        (numerator, (denominator, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        (numerator, (denominator, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(trained)
         return numerator, denominator, metrics, grads
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng, step_rng = jax.random.split(state.rng)
+        trained, frozen = partition(state.params, trainable)
         if grad_accum == 1:
-            numerator, denominator, metrics, grads = loss_and_grads(state.params, batch, step_rng)
+            numerator, denominator, metrics, grads = loss_and_grads(trained, frozen, batch, step_rng)
         else:
             micro = _micro_batches(batch, grad_accum)
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            zeros = jax.tree.map(jnp.zeros_like, trained)
 
             def accumulate(carry, xs):
                 num, den, grads = carry
                 mb, key = xs
-                n, d, m, g = loss_and_grads(state.params, mb, key)
+                n, d, m, g = loss_and_grads(trained, frozen, mb, key)
                 return (num + n, den + d, jax.tree.map(jnp.add, grads, g)), m
 
             keys = jax.random.split(step_rng, grad_accum)
@@ -72,11 +75,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, me
         grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
         loss = numerator * scale
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = optimizer.update(grads, state.opt_state, trained)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+        params = combine(keep(optax.apply_updates(trained, updates), trained), frozen)
+        new_state = TrainState(step=state.step + 1, params=params,
                                opt_state=keep(opt_state, state.opt_state), rng=rng)
         out = {"loss": loss, "grad_norm": grad_norm, "tokens": denominator,
                "skipped": (~finite).astype(jnp.int32), **metrics}

@@ -20,7 +20,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from jaxmath.checkpoint.convert import model_config_from_hf, to_host
-from jaxmath.checkpoint.hf_io import HFCheckpointReader
+from jaxmath.checkpoint.hub import resolve_model_dir
 from jaxmath.checkpoint.pretrained import (export_to_hf, from_pretrained, hf_config_of, is_jaxmath_dir,
                                            save_jaxmath)
 from jaxmath.config import dump_yaml
@@ -37,7 +37,8 @@ from jaxmath.train.checkpointing import TrainCheckpointer
 from jaxmath.train.config import TrainConfig
 from jaxmath.train.metrics import MetricsWriter, peak_flops, train_flops_per_token
 from jaxmath.train.optimizer import make_optimizer
-from jaxmath.train.state import TrainState, init_train_state, param_shardings, state_shardings
+from jaxmath.train.state import (TrainState, init_train_state, param_shardings, partition, state_shardings,
+                                 trainable_predicate)
 from jaxmath.train.step import batch_shardings, make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,9 @@ class TrainingError(RuntimeError):
 
 def _hf_config_dict(config: TrainConfig, tokenizer: Any | None) -> dict[str, Any]:
     """The HF config.json dict of the model being trained (source checkpoint's, or built from model.init)."""
-    path = config.model.path
-    if path is not None:
-        return hf_config_of(Path(path)) if is_jaxmath_dir(path) else HFCheckpointReader(path).config
+    if config.model.path is not None:
+        path = resolve_model_dir(config.model.path, config_only=True)
+        return hf_config_of(path) if is_jaxmath_dir(path) else json.loads((path / "config.json").read_text())
     hf = dict(config.model.init or {})
     if tokenizer is not None:
         hf.setdefault("vocab_size", len(tokenizer))
@@ -68,9 +69,10 @@ def _hf_config_dict(config: TrainConfig, tokenizer: Any | None) -> dict[str, Any
 
 def model_config(config: TrainConfig, hf_config: Mapping[str, Any]) -> ModelConfig:
     m = config.model
-    runtime = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=m.attention_impl)
-    if m.path is not None and is_jaxmath_dir(m.path):
-        marker = json.loads((Path(m.path) / "jaxmath.json").read_text())
+    runtime = m.options()
+    path = resolve_model_dir(m.path, config_only=True) if m.path is not None else None
+    if path is not None and is_jaxmath_dir(path):
+        marker = json.loads((path / "jaxmath.json").read_text())
         return ModelConfig(**{**marker["model_config"], **runtime})
     return model_config_from_hf(hf_config, **runtime)
 
@@ -79,8 +81,7 @@ def load_params(config: TrainConfig, mconfig: ModelConfig, mesh: jax.sharding.Me
                 shardings: dict[str, Any]) -> dict[str, Any]:
     """Pretrained weights placed on the mesh, or a random init created directly in its shards."""
     if config.model.path is not None:
-        model = from_pretrained(config.model.path, dtype=mconfig.dtype, mesh=mesh, param_dtype=mconfig.param_dtype,
-                                remat=mconfig.remat, attention_impl=mconfig.attention_impl)
+        model = from_pretrained(resolve_model_dir(config.model.path), mesh=mesh, **config.model.options())
         return nnx.to_pure_dict(nnx.state(model))
     init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build_model(mconfig, config.model.seed))),
                    out_shardings=shardings)
@@ -97,10 +98,10 @@ def prepare_tokenizer(config: TrainConfig, records: list[Record], out: Path) -> 
         texts = [f"{fmt.system_prompt}\n{r.question}\n{fmt.target(r)}" for r in records]
         tokenizer = train_tokenizer(texts, vocab_size=config.data.tokenizer_vocab_size)
     else:
-        source = config.data.tokenizer or config.model.path
-        if source is None:
+        if (config.data.tokenizer or config.model.path) is None:
             raise ValueError("data.tokenizer is not set and model.path has no tokenizer: set data.tokenizer")
-        tokenizer = load_tokenizer(Path(source) / "hf_files" if is_jaxmath_dir(source) else source)
+        source = resolve_model_dir(config.data.tokenizer or config.model.path)
+        tokenizer = load_tokenizer(source / "hf_files" if is_jaxmath_dir(source) else source)
     tokenizer = ensure_pad_token(tokenizer)
     if jax.process_index() == 0:
         tokenizer.save_pretrained(saved)
@@ -157,6 +158,7 @@ class Run:
     hf_config: dict[str, Any]
     tokenizer: Any
     graphdef: nnx.GraphDef
+    trainable: Callable[[str], bool]
     shardings: TrainState
     step_fn: Callable
     eval_fn: Callable
@@ -171,26 +173,31 @@ def _example_batch(config: TrainConfig) -> dict[str, np.ndarray]:
     return {k: np.zeros(shape, np.int32) for k in ("input_ids", "loss_mask", "segment_ids", "positions")}
 
 
-def build_run(config: TrainConfig, output_dir: str | Path | None = None) -> Run:
+def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_data: bool = True) -> Run:
+    """Everything but the weights: mesh, data, tokenizer, model config, shardings and compiled-on-first-use
+    steps. Without data (dry runs) the tokenizer is built only when the vocabulary size depends on it."""
     out = Path(output_dir or config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(config.mesh)
-    train_records, eval_records = load_records(config)
-    tokenizer = prepare_tokenizer(config, train_records, out)
+    needs_tokenizer = with_data or "vocab_size" not in (config.model.init or {"vocab_size": None})
+    train_records, eval_records = load_records(config) if needs_tokenizer else ([], [])
+    tokenizer = prepare_tokenizer(config, train_records, out) if needs_tokenizer else None
     hf_config = _hf_config_dict(config, tokenizer)
     mconfig = model_config(config, hf_config)
-    if len(tokenizer) > mconfig.vocab_size:
+    if tokenizer is not None and len(tokenizer) > mconfig.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {mconfig.vocab_size}")
     abstract = nnx.eval_shape(lambda: build_model(mconfig))
     graphdef, abstract_state = nnx.split(abstract)
     p_shard = param_shardings(abstract, mesh)
     optimizer, schedule = make_optimizer(config.optimizer, config.train.steps)
-    shardings = state_shardings(p_shard, optimizer, nnx.to_pure_dict(abstract_state), mesh)
+    trainable = trainable_predicate(config.optimizer.freeze, lora=mconfig.lora_rank > 0)
+    shardings = state_shardings(p_shard, optimizer, nnx.to_pure_dict(abstract_state), mesh, trainable)
     loss_fn = LOSS_FUNCTIONS[config.objective]
     example = _example_batch(config)
-    step_fn = make_train_step(loss_fn, optimizer, mesh, graphdef, shardings, example, config.optimizer.grad_accum)
+    step_fn = make_train_step(loss_fn, optimizer, mesh, graphdef, shardings, example, config.optimizer.grad_accum,
+                              trainable)
     eval_fn = make_eval_step(loss_fn, mesh, graphdef, p_shard, example)
-    return Run(config, out, mesh, mconfig, hf_config, tokenizer, graphdef, shardings, step_fn, eval_fn,
+    return Run(config, out, mesh, mconfig, hf_config, tokenizer, graphdef, trainable, shardings, step_fn, eval_fn,
                batch_shardings(mesh, example), schedule, train_records, eval_records)
 
 
@@ -202,12 +209,13 @@ def abstract_state(run: Run) -> TrainState:
 def _fresh_state_shapes(run: Run) -> TrainState:
     params = nnx.to_pure_dict(nnx.state(build_model(run.model_config)))
     optimizer, _ = make_optimizer(run.config.optimizer, run.config.train.steps)
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(0))
+    opt_state = optimizer.init(partition(params, run.trainable)[0])
+    return TrainState(jnp.zeros((), jnp.int32), params, opt_state, jax.random.PRNGKey(0))
 
 
 def dry_run(config: TrainConfig, output_dir: str | Path | None = None) -> dict[str, float]:
     """Compile the train step for the config's shapes and report per-device memory, loading no weights."""
-    run = build_run(config, output_dir)
+    run = build_run(config, output_dir, with_data=False)
     state = abstract_state(run)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding[k])
              for k, v in _example_batch(config).items()}
@@ -262,7 +270,8 @@ def train(config: TrainConfig, output_dir: str | Path | None = None, resume: boo
         if resume:
             log.warning("--resume: no checkpoint in %s, starting from scratch", checkpointer.directory)
         params = load_params(config, run.model_config, run.mesh, run.shardings.params)
-        state = init_train_state(params, make_optimizer(config.optimizer, tc.steps)[0], tc.seed, run.shardings)
+        state = init_train_state(params, make_optimizer(config.optimizer, tc.steps)[0], tc.seed, run.shardings,
+                                 run.trainable)
     writer = MetricsWriter(out, enabled=jax.process_index() == 0)
     start = int(state.step)
     summary = _loop(run, state, data, checkpointer, writer, start, progress)
