@@ -120,3 +120,55 @@ def test_schedule_warmup_then_cosine():
     assert values[4] == pytest.approx(1.0)
     assert values[9] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 5 / 10)))
     assert values[14] == pytest.approx(0.1)
+
+
+def test_lora_trains_only_the_adapters():
+    from flax import traverse_util
+    from jaxmath.models.lora import is_lora_path
+    from jaxmath.train.state import trainable_predicate
+    config = ModelConfig.from_hf(tiny_config("qwen2").to_dict()).replace(lora_rank=4, lora_alpha=8.0,
+                                                                          lora_dropout=0.1)
+    mesh = make_mesh((8, 1, 1))
+    model = build_model(config, seed=0)
+    graphdef, params = split_model(model)
+    optimizer, _ = make_optimizer(OptimizerConfig(lr=1e-2), 10)
+    trainable = trainable_predicate([], lora=True)
+    p_shard = param_shardings(model, mesh)
+    shardings = state_shardings(p_shard, optimizer, params, mesh, trainable)
+    state = init_train_state(jax.device_put(params, p_shard), optimizer, 0, shardings, trainable)
+    moments = traverse_util.flatten_dict(state.opt_state[1][0].mu, sep="/")
+    assert moments and all(is_lora_path(k) for k in moments)  # no optimizer memory for the frozen base
+    step = make_train_step(sft_loss, optimizer, mesh, graphdef, shardings, tiny_batch(), 1, trainable)
+    before = traverse_util.flatten_dict(jax.tree.map(np.asarray, state.params), sep="/")
+    losses = []
+    for _ in range(8):
+        state, metrics = step(state, tiny_batch())
+        losses.append(float(metrics["loss"]))
+    after = traverse_util.flatten_dict(jax.tree.map(np.asarray, state.params), sep="/")
+    for key, value in before.items():
+        if is_lora_path(key):
+            continue
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    assert any(not np.array_equal(after[k], before[k]) for k in before if k.endswith("_lora_b"))
+    assert losses[-1] < losses[0]
+
+
+def test_frozen_groups_get_no_updates():
+    from flax import traverse_util
+    from jaxmath.train.state import trainable_predicate
+    config = ModelConfig.from_hf(tiny_config("qwen2").to_dict())
+    mesh = make_mesh((8, 1, 1))
+    model = build_model(config, seed=0)
+    graphdef, params = split_model(model)
+    optimizer, _ = make_optimizer(OptimizerConfig(lr=1e-2), 10)
+    trainable = trainable_predicate([r"embed_tokens", r"layers/mlp"], lora=False)
+    p_shard = param_shardings(model, mesh)
+    shardings = state_shardings(p_shard, optimizer, params, mesh, trainable)
+    state = init_train_state(jax.device_put(params, p_shard), optimizer, 0, shardings, trainable)
+    step = make_train_step(sft_loss, optimizer, mesh, graphdef, shardings, tiny_batch(), 1, trainable)
+    before = traverse_util.flatten_dict(jax.tree.map(np.asarray, state.params), sep="/")
+    state, _ = step(state, tiny_batch())
+    after = traverse_util.flatten_dict(jax.tree.map(np.asarray, state.params), sep="/")
+    for key in before:
+        frozen = "embed_tokens" in key or "layers/mlp" in key
+        assert np.array_equal(after[key], before[key]) == frozen, key
