@@ -2,6 +2,7 @@
 
     jaxmath convert hf-to-jax --hf path/to/hf_dir --out ckpt/ [--dtype bfloat16]
     jaxmath convert jax-to-hf --ckpt ckpt/ --out hf_out/ [--dtype bfloat16] [--max-shard-size 5GB]
+    jaxmath demo [--output-dir runs/demo]   the whole loop on a CPU in minutes, nothing downloaded
     jaxmath train --config configs/sft/tiny-cpu.yaml [--set key=value] [--resume] [--dry-run]
     jaxmath data build ...            (see `jaxmath data build --help`)
     jaxmath generate --model ckpt_or_hf_dir --prompt "What is 17 * 23?" [--max-new-tokens 256]
@@ -154,11 +155,18 @@ def data_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     return data(argv)
 
 
+def demo_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    from jaxmath.demo import demo_main as demo
+
+    return demo(argv, prog)
+
+
 COMMANDS: dict[str, dict[str, Callable[..., int]]] = {
     "convert": {"hf-to-jax": hf_to_jax_main, "jax-to-hf": jax_to_hf_main},
     "data": {"": data_main},
     "generate": {"": generate_main},
     "train": {"": train_main},
+    "demo": {"": demo_main},
 }
 
 

@@ -63,6 +63,9 @@ class ModelConfig:
     attention_impl: str | None = None  # None lets JAX pick; "xla" on CPU/TPU; "cudnn" on NVIDIA GPUs
 
     def __post_init__(self) -> None:
+        # Configs read back from JSON carry lists; keep the config hashable (it is static under jit).
+        object.__setattr__(self, "rope_scaling", tuple(tuple(item) for item in self.rope_scaling))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedConfigError(
                 f"model_type={self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")

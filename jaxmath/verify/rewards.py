@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from jaxmath.verify.extract import extract_all_answers
-from jaxmath.verify.parse import Kind, parse_answer
+from jaxmath.verify.normalize import normalize
 from jaxmath.verify.pool import Verifier
 from jaxmath.verify.sandbox import shared_sandbox
 
@@ -232,7 +232,9 @@ def step_chaining(completions: Sequence[str], examples: Sequence[Mapping]) -> np
 
 # --- answers: correctness, numeric, program of thought ---------------------------------------------
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
-_NUMBER_KINDS = (Kind.INTEGER, Kind.RATIONAL, Kind.DECIMAL)
+# A plain number after normalisation: integer, decimal, a/b or \frac{a}{b}, optionally signed. Checked
+# with a regex, never sympy, because this reward runs in the caller's process on untrusted text.
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+|\d+/\d+|\\frac\{\d+\}\{\d+\})")
 _verifier_instance: Verifier | None = None
 
 
@@ -288,10 +290,7 @@ def numeric(completions: Sequence[str], examples: Sequence[Mapping]) -> np.ndarr
     scores = []
     for text in completions:
         answers = {a.strip() for a in extract_all_answers(text)}
-        try:
-            ok = len(answers) == 1 and parse_answer(answers.pop()).kind in _NUMBER_KINDS
-        except Exception:  # Unparsable, TooLarge, sympy failures: not a number
-            ok = False
+        ok = len(answers) == 1 and _NUMBER.fullmatch(normalize(answers.pop()).replace(" ", "")) is not None
         scores.append(float(ok))
     return _scores(scores)
 
