@@ -14,6 +14,7 @@ _EXPORTS = {
     "export_to_hf": "jaxmath.checkpoint",
     "from_pretrained": "jaxmath.checkpoint",
     "generate": "jaxmath.sampling",
+    "GenerationOutput": "jaxmath.sampling",
 }
 
 __all__ = sorted(_EXPORTS)

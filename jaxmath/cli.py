@@ -5,6 +5,7 @@
     jaxmath demo [--output-dir runs/demo]   the whole loop on a CPU in minutes, nothing downloaded
     jaxmath train --config configs/sft/tiny-cpu.yaml [--set key=value] [--resume] [--dry-run]
     jaxmath data build ...            (see `jaxmath data build --help`)
+    jaxmath eval --model ckpt_or_hf_dir --benchmarks gsm8k math500 --data-dir ../shared/data --out results/
     jaxmath generate --model ckpt_or_hf_dir --prompt "What is 17 * 23?" [--max-new-tokens 256]
 """
 from __future__ import annotations
@@ -155,6 +156,12 @@ def data_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     return data(argv)
 
 
+def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    from jaxmath.evaluation import main as evaluate
+
+    return evaluate(argv, prog)
+
+
 def demo_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from jaxmath.demo import demo_main as demo
 
@@ -167,6 +174,7 @@ COMMANDS: dict[str, dict[str, Callable[..., int]]] = {
     "generate": {"": generate_main},
     "train": {"": train_main},
     "demo": {"": demo_main},
+    "eval": {"": eval_main},
 }
 
 

@@ -1,0 +1,386 @@
+"""Benchmark evaluation: sample completions with the KV-cache sampler, grade them, report pass@k and maj@k.
+
+    python launch/evaluate.py --model ckpt_or_hf_dir --benchmarks gsm8k math500 \\
+        --data-dir ../shared/data --format boxed --num-samples 8 --temperature 0.7 --out results/
+
+Benchmarks are read through jaxmath.data's readers (local files in the public layouts, or the Hub when no
+data directory is given); prompts use jaxmath.data.formats; answers are graded by jaxmath.verify in its
+bounded worker processes. `--out` receives samples.jsonl (one row per sample) and summary.json
+({benchmark: {metric: value, "n": problems}}); the summary table is also printed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from transformers import PreTrainedTokenizerBase
+
+from jaxmath.checkpoint import CheckpointError, from_pretrained
+from jaxmath.checkpoint.pretrained import is_jaxmath_dir
+from jaxmath.data.formats import FORMATS, PromptFormat, get_format, render_prompt
+from jaxmath.data.readers import FieldMap, SkipLog, dataset_rows, file_rows, map_rows
+from jaxmath.data.schema import Record
+from jaxmath.data.sources import SOURCES, SourceSpec, local_files
+from jaxmath.data.tokenizer import load_tokenizer
+from jaxmath.models import CausalLM
+from jaxmath.parallel import make_mesh
+from jaxmath.sampling import completion_texts, generate
+from jaxmath.verify import Verifier, extract_answer
+from jaxmath.verify.verdict import Outcome, Verdict
+
+PROMPT_BUCKET = 64  # prompts are padded to a multiple of this, so a run compiles once per bucket
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """An evaluation set: the source that reads it and the split to use locally and on the Hub."""
+
+    name: str
+    source: SourceSpec
+    local_split: str = "test"
+    hub_split: str = "test"
+
+
+def _extra_source(name: str, hub_id: str, hub_split: str, rows: int, layouts: tuple[FieldMap, ...],
+                  description: str) -> SourceSpec:
+    """A source jaxmath.data.sources does not list (evaluation-only sets)."""
+    return SourceSpec(name=name, hub_id=hub_id, hub_config=None, local_dir=name, splits={hub_split: rows},
+                      default_split=hub_split, license="see the dataset card", description=description,
+                      layouts=layouts)
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("gsm8k", SOURCES["gsm8k"]),
+    Benchmark("math500", SOURCES["math500"]),
+    Benchmark("svamp", SOURCES["svamp"]),
+    Benchmark("asdiv", SOURCES["asdiv"], hub_split="validation"),
+    Benchmark("aqua", SOURCES["aqua_rat"]),
+    Benchmark("mawps", SOURCES["mawps"]),
+    Benchmark("minerva_math", _extra_source(
+        "minerva_math", "math-ai/minervamath", "test", 272,
+        (FieldMap(question=("problem",), solution="solution", answer_style="boxed", id="idx"),
+         FieldMap(question=("question",), answer="answer")),
+        "Minerva OCW STEM problems; the answer is the solution's \\boxed{}")),
+    Benchmark("aime24", _extra_source(
+        "aime24", "HuggingFaceH4/aime_2024", "train", 30,
+        (FieldMap(question=("problem",), answer="answer", solution="solution", id="id"),),
+        "AIME 2024 I and II"), hub_split="train"),
+    Benchmark("amc23", _extra_source(
+        "amc23", "math-ai/amc23", "test", 40,
+        (FieldMap(question=("problem",), answer="answer", id="id"),
+         FieldMap(question=("question",), answer="answer", id="id")),
+        "AMC 2023")),
+)}
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation cannot start: unknown benchmark, missing data directory or file, bad option."""
+
+
+def _listing(path: Path) -> str:
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    return ", ".join(entries) if entries else "nothing"
+
+
+def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Record]:
+    """The problems of benchmark `name`: from `data_dir/<name>/` when given, else from the Hub."""
+    if name not in BENCHMARKS:
+        raise EvaluationError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+    bench = BENCHMARKS[name]
+    skips = SkipLog()
+    if data_dir is None:
+        import datasets
+
+        try:
+            dataset = datasets.load_dataset(bench.source.hub_id, bench.source.hub_config, split=bench.hub_split)
+        except Exception as err:  # offline, missing dataset or split: one clear message
+            raise EvaluationError(f"{name}: cannot load {bench.source.hub_id} [{bench.hub_split}] from the Hub "
+                                  f"({err}); pass --data-dir with a local copy") from err
+        rows: Iterator = dataset_rows(dataset, f"{bench.source.hub_id}[{bench.hub_split}]")
+    else:
+        root = Path(data_dir)
+        if not root.is_dir():
+            raise EvaluationError(f"data directory {root} does not exist; {root.parent} holds: {_listing(root.parent)}")
+        paths = local_files(bench.source, bench.local_split, root)
+        if not paths:
+            folder = root / bench.source.local_dir
+            where = (f"{folder} holds: {_listing(folder)}" if folder.is_dir()
+                     else f"{root} holds: {_listing(root)}")
+            raise EvaluationError(f"{name}: no {bench.local_split}.jsonl or .parquet under {folder}; {where}")
+        rows = (row for path in paths for row in file_rows(path, skips))
+    records = list(map_rows(rows, bench.source.layouts, name, skips, prepare=bench.source.prepare))
+    skips.warn()
+    if not records:
+        raise EvaluationError(f"{name}: no usable problems ({skips.summary() or 'the source is empty'})")
+    return records[:limit] if limit else records
+
+
+# --- metrics ------------------------------------------------------------------------------------------
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): chance that k of n samples, c of them correct, hold a correct one."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def answer_key(answer: str) -> str:
+    """What majority voting compares: the extracted answer without whitespace or surrounding `$`."""
+    return re.sub(r"\s+", "", answer).strip("$")
+
+
+def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> bool:
+    """Whether the most common extracted answer (ties: the one seen first) is a correct one."""
+    keys = [answer_key(a) if a else None for a in answers]
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return False
+    top = max(counts.values())
+    winner = next(k for k in keys if k is not None and counts[k] == top)
+    return any(ok for k, ok in zip(keys, correct) if k == winner)
+
+
+def benchmark_metrics(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]]) -> dict[str, float]:
+    """pass@1, maj@n and pass@k (k = 2, 4, ... up to n, and n) over problems with n samples each."""
+    n = len(correct[0])
+    if any(len(c) != n for c in correct):
+        raise ValueError("every problem needs the same number of samples")
+    ks = sorted({2 ** i for i in range(1, n.bit_length())} | {n}) if n > 1 else []
+    metrics = {"pass@1": float(np.mean([sum(c) / n for c in correct]))}
+    if n > 1:
+        metrics[f"maj@{n}"] = float(np.mean([majority_correct(a, c) for a, c in zip(answers, correct)]))
+    for k in ks:
+        metrics[f"pass@{k}"] = float(np.mean([pass_at_k(n, sum(c), k) for c in correct]))
+    return {key: round(value, 6) for key, value in metrics.items()} | {"n": len(correct)}
+
+
+def format_table(summary: dict[str, dict[str, float]]) -> str:
+    """The summary as a text table: one row per benchmark, metrics in percent."""
+    metrics = [m for m in dict.fromkeys(k for row in summary.values() for k in row) if m != "n"]
+    header = ["benchmark", "n", *metrics]
+    rows = [[name, str(row["n"]), *(f"{100 * row[m]:.1f}" if m in row else "-" for m in metrics)]
+            for name, row in summary.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in [header, *rows]]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+# --- model, tokenizer, generation -----------------------------------------------------------------------
+
+def default_dtype() -> str:
+    """bfloat16 on accelerators, float32 on CPU (where bfloat16 matmuls are slow)."""
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def model_files_dir(model_path: str | os.PathLike) -> Path:
+    """Where a model directory keeps its tokenizer and generation config (jaxmath dirs: hf_files/)."""
+    path = Path(model_path)
+    return path / "hf_files" if is_jaxmath_dir(path) else path
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, files_dir: Path) -> list[int]:
+    """End-of-turn ids: the tokenizer's eos, generation_config.json's eos list, and the chat template's
+    end-of-turn token (`<|im_end|>`, `<|eot_id|>`) when the vocabulary has one."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    config_file = files_dir / "generation_config.json"
+    if config_file.is_file():
+        eos = json.loads(config_file.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        if marker in template and marker in tokenizer.get_vocab():
+            ids.add(tokenizer.convert_tokens_to_ids(marker))
+    return sorted(ids)
+
+
+def load_for_generation(model_path: str | os.PathLike, dtype: str | None = None,
+                        tokenizer_path: str | os.PathLike | None = None
+                        ) -> tuple[CausalLM, PreTrainedTokenizerBase, list[int], Mesh]:
+    """Model (weights placed on a mesh over all devices, batch split over them), tokenizer and stop token ids."""
+    files_dir = model_files_dir(model_path)
+    tokenizer = load_tokenizer(tokenizer_path or files_dir)
+    mesh = make_mesh()
+    model = from_pretrained(model_path, dtype=dtype or default_dtype(), mesh=mesh)
+    return model, tokenizer, stop_token_ids(tokenizer, files_dir), mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Decoding settings shared by every batch of a run."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int = 0
+    stop_strings: tuple[str, ...] = ()
+
+
+def _left_pad(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """[batch_size, bucketed width] ids and mask; missing rows repeat the first (their output is dropped)."""
+    width = -(-max(len(r) for r in rows) // PROMPT_BUCKET) * PROMPT_BUCKET
+    ids = np.full((batch_size, width), pad_id, np.int32)
+    mask = np.zeros((batch_size, width), np.int32)
+    for i in range(batch_size):
+        row = rows[i] if i < len(rows) else rows[0]
+        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
+    return ids, mask
+
+
+def sample_completions(model: CausalLM, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], num_samples: int,
+                       sampling: Sampling, eos_ids: Sequence[int], batch_size: int = 32,
+                       label: str = "generate") -> list[list[tuple[str, int]]]:
+    """`num_samples` completions (text, generated tokens) per prompt, longest prompts first, with progress."""
+    encoded = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    jobs = sorted(((i, s) for i in range(len(prompts)) for s in range(num_samples)), key=lambda j: -len(encoded[j[0]]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    results: list[list[tuple[str, int]]] = [[("", 0)] * num_samples for _ in prompts]
+    start, tokens = time.perf_counter(), 0
+    for first in range(0, len(jobs), batch_size):
+        batch = jobs[first:first + batch_size]
+        ids, mask = _left_pad([encoded[i] for i, _ in batch], batch_size, pad_id)
+        out = generate(model, ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
+                       temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                       min_p=sampling.min_p, eos_token_id=list(eos_ids), pad_token_id=pad_id,
+                       seed=sampling.seed + first, stop_strings=sampling.stop_strings or None, tokenizer=tokenizer)
+        texts, lengths = completion_texts(out, tokenizer, sampling.stop_strings), np.asarray(out.lengths)
+        for row, (i, s) in enumerate(batch):
+            results[i][s] = (texts[row], int(lengths[row]))
+        tokens += int(lengths[:len(batch)].sum())
+        done, elapsed = first + len(batch), time.perf_counter() - start
+        print(f"[{label}] {done}/{len(jobs)} samples | {tokens} tokens | {tokens / elapsed:.1f} tok/s | "
+              f"{elapsed:.0f}s elapsed, ~{elapsed / done * (len(jobs) - done):.0f}s left", flush=True)
+    return results
+
+
+def extract_answers(completions: Sequence[str], fmt: PromptFormat,
+                    fallback_last_number: bool = False) -> list[str | None]:
+    """Each completion's final answer in the format's style; `pot` programs are run in the sandbox."""
+    if fmt.extraction_style != "pot":
+        return [extract_answer(c, fmt.extraction_style, fallback_last_number) for c in completions]
+    from jaxmath.verify.rewards import extract_program
+    from jaxmath.verify.sandbox import shared_sandbox
+
+    programs = [extract_program(c) for c in completions]
+    runnable = [i for i, p in enumerate(programs) if p is not None]
+    answers: list[str | None] = [None] * len(completions)
+    for i, result in zip(runnable, shared_sandbox().run_batch([programs[i] for i in runnable])):
+        answers[i] = result.value if result.ok else None
+    return answers
+
+
+def grade_answers(verifier: Verifier, answers: Sequence[str | None], golds: Sequence[str]) -> list[Verdict]:
+    """Verdicts for extracted answers (WRONG "no answer" where none was found)."""
+    found = [i for i, a in enumerate(answers) if a is not None]
+    verdicts = [Verdict(Outcome.WRONG, "no answer")] * len(answers)
+    for i, verdict in zip(found, verifier.compare_batch([answers[i] for i in found], [golds[i] for i in found])):
+        verdicts[i] = verdict
+    return verdicts
+
+
+def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, tokenizer: PreTrainedTokenizerBase,
+                       fmt: PromptFormat, verifier: Verifier, num_samples: int, sampling: Sampling,
+                       eos_ids: Sequence[int], batch_size: int,
+                       fallback_last_number: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics for one benchmark and its sample rows (for samples.jsonl)."""
+    prompts = [render_prompt(fmt, r.question, tokenizer) for r in records]
+    completions = sample_completions(model, tokenizer, prompts, num_samples, sampling, eos_ids, batch_size, name)
+    flat = [text for per_problem in completions for text, _ in per_problem]
+    answers = extract_answers(flat, fmt, fallback_last_number)
+    golds = [r.answer for r in records for _ in range(num_samples)]
+    verdicts = grade_answers(verifier, answers, golds)
+    rows = [{"benchmark": name, "id": r.id, "sample": s, "prompt": prompts[p], "completion": text, "tokens": length,
+             "extracted": answers[p * num_samples + s], "gold": r.answer,
+             "verdict": verdicts[p * num_samples + s].outcome.value, "reason": verdicts[p * num_samples + s].reason}
+            for p, r in enumerate(records) for s, (text, length) in enumerate(completions[p])]
+    per_problem = [range(p * num_samples, (p + 1) * num_samples) for p in range(len(records))]
+    metrics = benchmark_metrics([[answers[i] for i in idx] for idx in per_problem],
+                                [[verdicts[i].correct for i in idx] for idx in per_problem])
+    return metrics, rows
+
+
+def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathLike,
+             data_dir: str | os.PathLike | None = None, format_name: str = "boxed", num_samples: int = 1,
+             sampling: Sampling = Sampling(), batch_size: int = 32, limit: int | None = None,
+             dtype: str | None = None, tokenizer_path: str | None = None, verifier_workers: int | None = None,
+             fallback_last_number: bool = False) -> dict[str, dict[str, float]]:
+    """Evaluate a model directory on benchmarks; writes samples.jsonl and summary.json into `out_dir`."""
+    if num_samples < 1 or batch_size < 1:
+        raise EvaluationError(f"--num-samples and --batch-size must be >= 1, got {num_samples} and {batch_size}")
+    fmt = get_format(format_name)
+    problems = {name: load_benchmark(name, data_dir, limit) for name in benchmarks}  # fail fast on bad names
+    model, tokenizer, eos_ids, mesh = load_for_generation(model_path, dtype, tokenizer_path)
+    if not tokenizer.chat_template and not sampling.stop_strings:  # plain prompts end in "Answer:": stop there
+        sampling = dataclasses.replace(sampling, stop_strings=("\nQuestion:",))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, dict[str, float]] = {}
+    with Verifier(workers=verifier_workers) as verifier, jax.set_mesh(mesh), \
+            open(out / "samples.jsonl", "w", encoding="utf-8") as samples:
+        for name, records in problems.items():
+            summary[name], rows = evaluate_benchmark(name, records, model, tokenizer, fmt, verifier, num_samples,
+                                                     sampling, eos_ids, batch_size, fallback_last_number)
+            samples.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            samples.flush()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Evaluate a model on math benchmarks: pass@1, maj@k and unbiased pass@k, written to --out."""
+    parser = argparse.ArgumentParser(prog=prog, description=main.__doc__)
+    parser.add_argument("--model", required=True, help="HF checkpoint directory or jaxmath model directory")
+    parser.add_argument("--benchmarks", nargs="+", required=True, metavar="NAME",
+                        help=f"benchmarks to run: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--data-dir", default=os.environ.get("JAXMATH_DATA_DIR"),
+                        help="local benchmark folder (<dir>/<benchmark>/test.jsonl); default $JAXMATH_DATA_DIR, "
+                             "else the Hugging Face Hub")
+    parser.add_argument("--format", default="boxed", choices=sorted(FORMATS), help="prompt format (default boxed)")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples per problem (k of maj@k and pass@k)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--min-p", type=float, default=0.0)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="stop string (repeatable); plain-text prompts stop at '\\nQuestion:' by default")
+    parser.add_argument("--batch-size", type=int, default=32, help="rows per generate call")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    parser.add_argument("--verifier-workers", type=int, default=None, help="grading processes (default: CPU cores)")
+    parser.add_argument("--fallback-last-number", action="store_true",
+                        help="grade the last number when no final-answer marker is found (base models)")
+    parser.add_argument("--out", required=True, help="output directory for samples.jsonl and summary.json")
+    args = parser.parse_args(argv)
+    if args.num_samples > 1 and args.temperature == 0.0:
+        print("warning: --num-samples > 1 with greedy decoding gives identical samples", file=sys.stderr)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.min_p, args.seed,
+                        tuple(args.stop))
+    start = time.perf_counter()
+    try:
+        summary = evaluate(args.model, args.benchmarks, args.out, args.data_dir, args.format, args.num_samples,
+                           sampling, args.batch_size, args.limit, args.dtype, args.tokenizer, args.verifier_workers,
+                           args.fallback_last_number)
+    except (EvaluationError, CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_table(summary))
+    print(f"wrote {Path(args.out) / 'samples.jsonl'} and summary.json in {time.perf_counter() - start:.1f}s")
+    return 0

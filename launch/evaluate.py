@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Evaluate a model on math benchmarks (pass@1, maj@k, unbiased pass@k); see `--help`.
+
+    python launch/evaluate.py --model ckpt_or_hf_dir --benchmarks gsm8k math500 \
+        --data-dir ../shared/data --format boxed --num-samples 8 --temperature 0.7 --out results/
+"""
+import sys
+
+from jaxmath.evaluation import main
+
+if __name__ == "__main__":
+    sys.exit(main(prog="launch/evaluate.py"))
