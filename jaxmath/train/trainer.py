@@ -31,7 +31,7 @@ from jaxmath.data.schema import Record
 from jaxmath.data.tokenizer import ensure_pad_token, load_tokenizer, train_tokenizer
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.transformer import build_model
-from jaxmath.objectives.sft import sft_loss
+from jaxmath.objectives import make_loss, metric_means
 from jaxmath.parallel import initialize_distributed, make_mesh
 from jaxmath.train.checkpointing import TrainCheckpointer
 from jaxmath.train.config import TrainConfig
@@ -42,7 +42,6 @@ from jaxmath.train.state import (TrainState, init_train_state, param_shardings, 
 from jaxmath.train.step import batch_shardings, make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
-LOSS_FUNCTIONS = {"sft": sft_loss}
 
 
 class TrainingError(RuntimeError):
@@ -192,7 +191,7 @@ def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_da
     optimizer, schedule = make_optimizer(config.optimizer, config.train.steps)
     trainable = trainable_predicate(config.optimizer.freeze, lora=mconfig.lora_rank > 0)
     shardings = state_shardings(p_shard, optimizer, nnx.to_pure_dict(abstract_state), mesh, trainable)
-    loss_fn = LOSS_FUNCTIONS[config.objective]
+    loss_fn = make_loss(config.objective)
     example = _example_batch(config)
     step_fn = make_train_step(loss_fn, optimizer, mesh, graphdef, shardings, example, config.optimizer.grad_accum,
                               trainable)
@@ -307,6 +306,7 @@ def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckp
             row = {"loss": values["loss"], "learning_rate": float(run.schedule(step - 1)),
                    "grad_norm": values["grad_norm"], "tokens_per_second": tokens_per_second,
                    "skipped_steps": int(values["skipped"])}
+            row.update(metric_means(run.config.objective, values))
             if peak:
                 row["mfu"] = flops_per_token * window["positions"] / elapsed / (peak * jax.device_count())
             writer.write(step, {**row, **extra})
