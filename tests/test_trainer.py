@@ -53,7 +53,8 @@ def losses(run_dir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def reference_run(records, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
-    config = load_config(TrainConfig, TINY, overrides(records, **{"train.steps": 24, "train.export_hf": "true"}))
+    config = load_config(TrainConfig, TINY, overrides(records, **{
+        "train.steps": 24, "train.export_hf": "true", "train.eval_generate": 4, "train.eval_max_new_tokens": 12}))
     summary = train(config, out, progress=False)
     return out, summary
 
@@ -68,6 +69,8 @@ def test_run_writes_every_file_and_learns(reference_run):
     steps = losses(out)
     assert steps[24] < 0.6 * steps[1]
     assert summary["eval_loss"] is not None and np.isfinite(summary["eval_loss"])
+    assert summary["eval_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 held-out problems, graded
+    assert rows[-1]["eval_accuracy"] == summary["eval_accuracy"]
     import transformers
     model = transformers.AutoModelForCausalLM.from_pretrained(out / "hf")
     tokenizer = transformers.AutoTokenizer.from_pretrained(out / "hf")

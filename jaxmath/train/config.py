@@ -71,6 +71,8 @@ class TrainSection:
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end
     eval_batches: int = 4
+    eval_generate: int = 0  # held-out problems answered greedily and graded at each eval (0 = loss only)
+    eval_max_new_tokens: int = 256
     save_every: int = 0  # 0 = only at the end
     keep_checkpoints: int = 3
     max_bad_steps: int = 5  # stop after this many consecutive non-finite steps

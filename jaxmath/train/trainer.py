@@ -251,6 +251,24 @@ def evaluate_loss(run: Run, params: Any) -> float | None:
     return numerator / max(denominator, 1.0)
 
 
+def evaluate_accuracy(run: Run, params: Any) -> float | None:
+    """Greedy pass@1 on the first `train.eval_generate` held-out problems, graded by the verifier."""
+    count = run.config.train.eval_generate
+    if not count or not run.eval_records:
+        return None
+    from jaxmath.evaluation import Sampling, evaluate_benchmark, stop_token_ids
+    from jaxmath.verify import Verifier
+
+    model = nnx.merge(run.graphdef, params)
+    eos_ids = stop_token_ids(run.tokenizer, run.out / "tokenizer")
+    sampling = Sampling(max_new_tokens=run.config.train.eval_max_new_tokens)
+    with Verifier(workers=1, timeout=5) as verifier:
+        metrics, _ = evaluate_benchmark("held-out", run.eval_records[:count], model, run.tokenizer,
+                                        get_format(run.config.data.format), verifier, num_samples=1,
+                                        sampling=sampling, eos_ids=eos_ids, batch_size=min(32, count))
+    return metrics["pass@1"]
+
+
 def train(config: TrainConfig, output_dir: str | Path | None = None, resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Run (or resume) training; returns a summary with the final loss and eval loss."""
@@ -285,7 +303,7 @@ def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckp
     flops_per_token = train_flops_per_token(run.model_config, run.config.data.seq_len)
     peak = peak_flops(jax.devices()[0], run.model_config.dtype)
     bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", disable=not progress)
-    bad_steps, last_loss, eval_loss = 0, math.nan, None
+    bad_steps, last_loss, eval_loss, summary_accuracy = 0, math.nan, None, None
     window = {"tokens": 0, "positions": 0, "time": time.perf_counter()}
     pending: tuple[int, dict[str, jax.Array]] | None = None
     extra: dict[str, float] = {}  # eval results, written with the next logged row
@@ -326,6 +344,9 @@ def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckp
             eval_loss = evaluate_loss(run, state.params)
             if eval_loss is not None:
                 extra["eval_loss"] = eval_loss
+            accuracy = evaluate_accuracy(run, state.params)
+            if accuracy is not None:
+                extra["eval_accuracy"] = summary_accuracy = accuracy
         if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
             checkpointer.save(step, state, data.get_state(), {"step": step})
     if pending is not None:
@@ -334,7 +355,8 @@ def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckp
     checkpointer.wait()
     if tc.export_hf:
         export_final(run, state.params)
-    return {"steps": tc.steps, "final_loss": last_loss, "eval_loss": eval_loss, "output_dir": str(run.out)}
+    return {"steps": tc.steps, "final_loss": last_loss, "eval_loss": eval_loss, "eval_accuracy": summary_accuracy,
+            "output_dir": str(run.out)}
 
 
 def export_final(run: Run, params: Any) -> None:
