@@ -146,7 +146,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                            process_id: int | None = None, local_device_ids: Sequence[int] | None = None) -> bool:
     """Start multi-host JAX from explicit arguments, JAXMATH_* variables, or the SLURM / TPU environment.
 
-    Returns True when JAX runs as several processes. A single process with nothing configured is a no-op.
+    JAXMATH_DISTRIBUTED=auto makes jax detect the cluster itself (Cloud TPU pod slices: launch/tpu_pod.sh
+    sets it). Returns True when JAX runs as several processes; a lone process with nothing set is a no-op.
     """
     coordinator_address = coordinator_address or os.environ.get("JAXMATH_COORDINATOR")
     if num_processes is None and "JAXMATH_NUM_PROCESSES" in os.environ:
@@ -155,8 +156,9 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         process_id = int(os.environ["JAXMATH_PROCESS_ID"])
     explicit = coordinator_address is not None
     slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    if not (explicit or slurm or tpu_pod):
+    tpu_pod = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    auto = os.environ.get("JAXMATH_DISTRIBUTED", "").lower() == "auto"
+    if not (explicit or slurm or tpu_pod or auto):
         return False
     if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":  # must precede backend start-up
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
