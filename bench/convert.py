@@ -111,7 +111,7 @@ def main() -> None:
               flush=True)
     size_mib = size / 2**20
     base = results["baseline"]["peak_rss_mib"]
-    print(f"\n| phase | wall s | x plain read | peak RSS MiB | RSS above import baseline / ckpt size |")
+    print("\n| phase | wall s | x plain read | peak RSS MiB | RSS above import baseline / ckpt size |")
     print("|---|---|---|---|---|")
     for name in ("read", "hf_to_jax", "jax_to_hf"):
         r = results[name]

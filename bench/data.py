@@ -11,7 +11,6 @@ batch slots holding real tokens, and the loss-mask tokens/s a train step would c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -38,24 +37,19 @@ def train_step_tokens_per_second(tokenizer, seq_len: int, batch_size: int, steps
     from jaxmath.objectives.sft import sft_loss
     from jaxmath.parallel import make_mesh
     from jaxmath.train.optimizer import OptimizerConfig, make_optimizer
-    from jaxmath.train.state import init_train_state, param_shardings, split_model, state_shardings
-    from jaxmath.train.step import make_train_step
+    from jaxmath.train.step import setup_training
 
     config = ModelConfig(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384,
                          num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32, qkv_bias=True,
                          tie_word_embeddings=True)
-    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    model = build_model(config)
-    graphdef, params = split_model(model)
     optimizer, _ = make_optimizer(OptimizerConfig(lr=1e-3), steps)
-    shardings = state_shardings(param_shardings(model, mesh), optimizer, params, mesh)
-    state = init_train_state(jax.device_put(params, shardings.params), optimizer, 0, shardings)
     rng = np.random.default_rng(0)
     batch = {"input_ids": rng.integers(0, len(tokenizer), (batch_size, seq_len)).astype(np.int32),
              "loss_mask": np.ones((batch_size, seq_len), np.int32),
              "segment_ids": np.ones((batch_size, seq_len), np.int32),
              "positions": np.tile(np.arange(seq_len, dtype=np.int32), (batch_size, 1))}
-    step = make_train_step(sft_loss, optimizer, mesh, graphdef, shardings, batch)
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    state, step = setup_training(build_model(config), sft_loss, optimizer, mesh, batch)
     state, metrics = step(state, batch)  # compile
     jax.block_until_ready(metrics)
     start = time.perf_counter()

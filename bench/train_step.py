@@ -99,19 +99,16 @@ def jaxmath_step(model_dir: Path, ids: np.ndarray) -> Callable[[], float]:
     from jaxmath.objectives.sft import sft_loss
     from jaxmath.parallel import make_mesh
     from jaxmath.train.optimizer import OptimizerConfig, make_optimizer
-    from jaxmath.train.state import init_train_state, param_shardings, split_model, state_shardings
-    from jaxmath.train.step import make_train_step
+    from jaxmath.train.step import setup_training
 
     mesh = make_mesh((1, 1, 1))
     model = from_pretrained(model_dir, dtype="float32", mesh=mesh)
-    graphdef, params = split_model(model)
     optimizer, _ = make_optimizer(OptimizerConfig(**ADAMW, schedule="constant", clip_norm=None), 1000)
-    shardings = state_shardings(param_shardings(model, mesh), optimizer, params, mesh)
-    state = init_train_state(params, optimizer, 0, shardings)
     ones = np.ones((BATCH, SEQ), np.int32)
     batch = {"input_ids": ids.astype(np.int32), "loss_mask": ones, "segment_ids": ones,
              "positions": np.tile(np.arange(SEQ, dtype=np.int32), (BATCH, 1))}
-    step_fn = make_train_step(sft_loss, optimizer, mesh, graphdef, shardings, batch)
+    state, step_fn = setup_training(model, sft_loss, optimizer, mesh, batch)
+    del model  # its arrays were copied into the state
     batch = jax.device_put(batch)
     holder = {"state": state}
 

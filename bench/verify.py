@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"math-verify (1 process): {check.name}", file=sys.stderr)
             rows.append(score("math-verify", check, *run_mathverify(check)))
 
-    print(f"\n| check | verifier | agree | false pos | false neg | pairs/s |\n|---|---|---|---|---|---|")
+    print("\n| check | verifier | agree | false pos | false neg | pairs/s |\n|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: r["check"]):
         print(f"| {r['check']} | {r['verifier']} | {r['agree']}/{r['total']} | {r['false_pos']} | "
               f"{r['false_neg']} | {r['pairs_per_s']:.0f} |")

@@ -127,21 +127,6 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 
-def state_shardings(state: Any, mesh: Mesh) -> Any:
-    """NamedShardings for an nnx.State (or tree of nnx Variables) from each variable's `logical_axes`."""
-    from flax import nnx
-
-    def one(variable: Any) -> NamedSharding:
-        axes = getattr(variable, "logical_axes", None) if isinstance(variable, nnx.Variable) else None
-        value = variable.get_value() if isinstance(variable, nnx.Variable) else variable
-        shape = getattr(value, "shape", ())
-        if axes is None:
-            return NamedSharding(mesh, PartitionSpec())
-        return named_sharding(mesh, axes, shape)
-
-    return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
-
-
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, local_device_ids: Sequence[int] | None = None) -> bool:
     """Start multi-host JAX from explicit arguments, JAXMATH_* variables, or the SLURM / TPU environment.

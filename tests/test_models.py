@@ -3,7 +3,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 import jaxmath

@@ -11,8 +11,7 @@ from jaxmath.objectives import (GRPOConfig, completion_log_probs, compute_advant
                                 metric_means)
 from jaxmath.parallel import make_mesh
 from jaxmath.train.optimizer import OptimizerConfig, make_optimizer
-from jaxmath.train.state import init_train_state, param_shardings, split_model, state_shardings
-from jaxmath.train.step import make_train_step
+from jaxmath.train.step import setup_training
 
 # A plain HF-style config dict: no transformers/torch import needed for these tests.
 TINY = {"model_type": "qwen2", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
@@ -39,15 +38,9 @@ def tiny_model(num_labels=0):
 
 def train_metrics(model, loss_fn, batch, steps=8, lr=3e-3):
     """Metrics of `steps` train steps from `model` on one fixed batch, on an 8-device data-parallel mesh."""
-    mesh = make_mesh((8, 1, 1))
-    graphdef, params = split_model(model)
-    params = jax.tree.map(jnp.copy, params)  # the step donates its state; the caller keeps `model` intact
     opt = OptimizerConfig(lr=lr, warmup_steps=0, clip_norm=1.0, weight_decay=0.0)
     optimizer, _ = make_optimizer(opt, steps)
-    p_shard = param_shardings(model, mesh)
-    shardings = state_shardings(p_shard, optimizer, params, mesh)
-    state = init_train_state(jax.device_put(params, p_shard), optimizer, 0, shardings)
-    step = make_train_step(loss_fn, optimizer, mesh, graphdef, shardings, batch)
+    state, step = setup_training(model, loss_fn, optimizer, make_mesh((8, 1, 1)), batch)
     history = []
     for _ in range(steps):
         state, metrics = step(state, batch)

@@ -8,8 +8,7 @@ from jaxmath.models import ModelConfig, build_model
 from jaxmath.objectives.sft import sft_loss, sft_loss_terms
 from jaxmath.parallel import make_mesh
 from jaxmath.train.optimizer import OptimizerConfig, make_optimizer, make_schedule
-from jaxmath.train.state import init_train_state, param_shardings, split_model, state_shardings
-from jaxmath.train.step import make_train_step
+from jaxmath.train.step import setup_training
 from tiny_hf import tiny_config
 
 
@@ -24,18 +23,12 @@ def tiny_batch(rows=8, length=16, seed=0):
     return {"input_ids": ids, "segment_ids": segments, "positions": positions.astype(np.int32), "loss_mask": loss_mask}
 
 
-def setup(mesh_shape, opt=OptimizerConfig(lr=1e-2, warmup_steps=0, clip_norm=1.0, weight_decay=0.01), steps=10):
-    config = ModelConfig.from_hf(tiny_config("qwen2").to_dict())
-    mesh = make_mesh(mesh_shape)
-    model = build_model(config, seed=0)
-    graphdef, params = split_model(model)
+def setup(mesh_shape, opt=OptimizerConfig(lr=1e-2, warmup_steps=0, clip_norm=1.0, weight_decay=0.01), steps=10,
+          model_config=None, trainable=lambda path: True):
+    config = model_config or ModelConfig.from_hf(tiny_config("qwen2").to_dict())
     optimizer, _ = make_optimizer(opt, steps)
-    p_shard = param_shardings(model, mesh)
-    shardings = state_shardings(p_shard, optimizer, params, mesh)
-    params = jax.device_put(params, p_shard)
-    state = init_train_state(params, optimizer, 0, shardings)
-    step = make_train_step(sft_loss, optimizer, mesh, graphdef, shardings, tiny_batch(), opt.grad_accum)
-    return state, step
+    return setup_training(build_model(config, seed=0), sft_loss, optimizer, make_mesh(mesh_shape), tiny_batch(),
+                          grad_accum=opt.grad_accum, trainable=trainable)
 
 
 def run(mesh_shape, steps=3, **opt_kwargs):
@@ -128,17 +121,10 @@ def test_lora_trains_only_the_adapters():
     from jaxmath.train.state import trainable_predicate
     config = ModelConfig.from_hf(tiny_config("qwen2").to_dict()).replace(lora_rank=4, lora_alpha=8.0,
                                                                           lora_dropout=0.1)
-    mesh = make_mesh((8, 1, 1))
-    model = build_model(config, seed=0)
-    graphdef, params = split_model(model)
-    optimizer, _ = make_optimizer(OptimizerConfig(lr=1e-2), 10)
-    trainable = trainable_predicate([], lora=True)
-    p_shard = param_shardings(model, mesh)
-    shardings = state_shardings(p_shard, optimizer, params, mesh, trainable)
-    state = init_train_state(jax.device_put(params, p_shard), optimizer, 0, shardings, trainable)
+    state, step = setup((8, 1, 1), OptimizerConfig(lr=1e-2), model_config=config,
+                        trainable=trainable_predicate([], lora=True))
     moments = traverse_util.flatten_dict(state.opt_state[1][0].mu, sep="/")
     assert moments and all(is_lora_path(k) for k in moments)  # no optimizer memory for the frozen base
-    step = make_train_step(sft_loss, optimizer, mesh, graphdef, shardings, tiny_batch(), 1, trainable)
     before = traverse_util.flatten_dict(jax.tree.map(np.asarray, state.params), sep="/")
     losses = []
     for _ in range(8):
@@ -156,16 +142,8 @@ def test_lora_trains_only_the_adapters():
 def test_frozen_groups_get_no_updates():
     from flax import traverse_util
     from jaxmath.train.state import trainable_predicate
-    config = ModelConfig.from_hf(tiny_config("qwen2").to_dict())
-    mesh = make_mesh((8, 1, 1))
-    model = build_model(config, seed=0)
-    graphdef, params = split_model(model)
-    optimizer, _ = make_optimizer(OptimizerConfig(lr=1e-2), 10)
-    trainable = trainable_predicate([r"embed_tokens", r"layers/mlp"], lora=False)
-    p_shard = param_shardings(model, mesh)
-    shardings = state_shardings(p_shard, optimizer, params, mesh, trainable)
-    state = init_train_state(jax.device_put(params, p_shard), optimizer, 0, shardings, trainable)
-    step = make_train_step(sft_loss, optimizer, mesh, graphdef, shardings, tiny_batch(), 1, trainable)
+    state, step = setup((8, 1, 1), OptimizerConfig(lr=1e-2),
+                        trainable=trainable_predicate([r"embed_tokens", r"layers/mlp"], lora=False))
     before = traverse_util.flatten_dict(jax.tree.map(np.asarray, state.params), sep="/")
     state, _ = step(state, tiny_batch())
     after = traverse_util.flatten_dict(jax.tree.map(np.asarray, state.params), sep="/")

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
-from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import Mesh, SingleDeviceSharding
 
 from jaxmath.checkpoint.convert import (PathTuple, iter_hf_to_jax, model_config_from_hf, source_dtype,
                                         write_hf_checkpoint)

@@ -54,11 +54,6 @@ def combine(trainable: dict[str, Any], frozen: dict[str, Any]) -> dict[str, Any]
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict[str, Any]]:
-    graphdef, state = nnx.split(model)
-    return graphdef, nnx.to_pure_dict(state)
-
-
 def param_shardings(model: nnx.Module, mesh: Mesh) -> dict[str, Any]:
     """NamedShardings (pure-dict layout) from every parameter's logical axes."""
     shardings: dict[str, Any] = {}

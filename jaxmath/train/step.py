@@ -15,7 +15,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmath.parallel import BATCH_AXES
-from jaxmath.train.state import Predicate, TrainState, combine, partition
+from jaxmath.train.state import (Predicate, TrainState, combine, init_train_state, param_shardings, partition,
+                                 state_shardings)
 
 Batch = Mapping[str, jax.Array]
 LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
@@ -100,3 +101,19 @@ def make_eval_step(loss_fn: LossFn, mesh: Mesh, graphdef: nnx.GraphDef, params_s
 
     return jax.jit(evaluate, in_shardings=(params_sharding, batch_shardings(mesh, example_batch)),
                    out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+def setup_training(model: nnx.Module, loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh,
+                   example_batch: Mapping[str, Any], *, seed: int = 0, grad_accum: int = 1,
+                   trainable: Predicate = lambda path: True
+                   ) -> tuple[TrainState, Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]]:
+    """A fresh train state for `model`, placed on `mesh`, and its jitted step: what benchmarks, tests and
+    scripts need to drive the step without the trainer loop. The state holds copies: since the step
+    donates its state, the caller's `model` stays usable."""
+    graphdef, state = nnx.split(model)
+    params = jax.tree.map(jnp.copy, nnx.to_pure_dict(state))
+    p_shard = param_shardings(model, mesh)
+    shardings = state_shardings(p_shard, optimizer, params, mesh, trainable)
+    train_state = init_train_state(jax.device_put(params, p_shard), optimizer, seed, shardings, trainable)
+    step = make_train_step(loss_fn, optimizer, mesh, graphdef, shardings, example_batch, grad_accum, trainable)
+    return train_state, step

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import sympy
 
-from jaxmath.data.generators.base import Problem, latex, latex_number, nonzero, number_list, plain_number, register
+from jaxmath.data.generators.base import Problem, latex, nonzero, number_list, register
 
 x, n = sympy.symbols("x n")
 GE, LE = "\\ge", "\\le"
