@@ -150,3 +150,23 @@ def test_frozen_groups_get_no_updates():
     for key in before:
         frozen = "embed_tokens" in key or "layers/mlp" in key
         assert np.array_equal(after[key], before[key]) == frozen, key
+
+
+def test_chunked_vocabulary_projection_equals_the_full_one():
+    from flax import nnx
+    from jaxmath.objectives.sft import chunked_target_log_probs, token_log_probs
+    model = build_model(ModelConfig.from_hf(tiny_config("qwen2").to_dict()), seed=0)
+    batch = tiny_batch(rows=2, length=16)
+    targets = jnp.asarray(batch["input_ids"][:, ::-1].copy())
+
+    def both(m):
+        hidden = m.model(batch["input_ids"], segment_ids=batch["segment_ids"], positions=batch["positions"])
+        return (jnp.sum(chunked_target_log_probs(m, hidden, targets, chunk=5)),
+                jnp.sum(token_log_probs(m.logits_from_hidden(hidden), targets)))
+
+    chunked, full = both(model)
+    assert float(chunked) == pytest.approx(float(full), rel=1e-6)
+    g_chunked = nnx.grad(lambda m: both(m)[0])(model)
+    g_full = nnx.grad(lambda m: both(m)[1])(model)
+    for a, b in zip(jax.tree.leaves(g_chunked), jax.tree.leaves(g_full)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

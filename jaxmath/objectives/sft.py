@@ -27,6 +27,30 @@ def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
+# Vocabulary logits are materialised this many positions at a time (and recomputed in the backward
+# pass), so a 4096 x 151936 float32 logit tensor and its gradient never exist at once.
+LOGITS_CHUNK = 1024
+
+
+def chunked_target_log_probs(model, hidden: jax.Array, targets: jax.Array,
+                             chunk: int = LOGITS_CHUNK) -> jax.Array:
+    """log p(target) [batch, length] from final hidden states, projecting to the vocabulary in chunks
+    of `chunk` positions under `jax.checkpoint`; equal to token_log_probs(model.logits_from_hidden(h))."""
+    batch, length = targets.shape
+    if length <= chunk:
+        return token_log_probs(model.logits_from_hidden(hidden), targets)
+    pad = -length % chunk
+    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(batch, -1, chunk, hidden.shape[-1])
+    t = jnp.pad(targets, ((0, 0), (0, pad))).reshape(batch, -1, chunk)
+
+    @jax.checkpoint
+    def one(xs: tuple[jax.Array, jax.Array]) -> jax.Array:
+        return token_log_probs(model.logits_from_hidden(xs[0]), xs[1])
+
+    out = jax.lax.map(one, (jnp.swapaxes(h, 0, 1), jnp.swapaxes(t, 0, 1)))  # [chunks, batch, chunk]
+    return jnp.swapaxes(out, 0, 1).reshape(batch, -1)[:, :length]
+
+
 def sft_loss_terms(logits: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """(sum of masked token losses, number of masked tokens). Dividing the two over the whole global batch
     gives the token mean, never a mean of per-device or per-micro-batch means."""
@@ -36,8 +60,9 @@ def sft_loss_terms(logits: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[j
 
 
 def sft_loss(model, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
-    """The train-step loss function for SFT (packed or padded batches)."""
-    logits = model(batch["input_ids"], segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
-                   dropout_rng=rng)
-    numerator, denominator = sft_loss_terms(logits, batch)
-    return numerator, denominator, {}
+    """The train-step loss function for SFT (packed or padded batches); vocabulary logits in chunks."""
+    hidden = model.model(batch["input_ids"], segment_ids=batch.get("segment_ids"),
+                         positions=batch.get("positions"), dropout_rng=rng)
+    targets, weights = next_token_targets(batch)
+    nll = -chunked_target_log_probs(model, hidden, targets)
+    return jnp.sum(nll * weights), jnp.sum(weights), {}
