@@ -81,6 +81,7 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         help="compile the train step and print per-device memory; loads no weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every array it writes at INFO
     from jaxmath.train.config import TrainConfig
     from jaxmath.train.trainer import TrainingError, dry_run, train
 

@@ -313,6 +313,8 @@ def _check_prompts(input_ids: jax.Array | np.ndarray,
                          f"dtype {ids.dtype}")
     if attention_mask is None:
         return ids, jnp.ones(ids.shape, jnp.int32)
+    if isinstance(attention_mask, jax.Array) and not attention_mask.is_fully_addressable:
+        return ids, attention_mask.astype(jnp.int32)  # a multi-host global batch: each host checked its rows
     host = np.asarray(attention_mask)
     if host.shape != ids.shape:
         raise ValueError(f"attention_mask shape {host.shape} differs from input_ids shape {ids.shape}")

@@ -30,11 +30,13 @@ class TrainCheckpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: TrainState, data_state: dict[str, Any] | None,
-             meta: dict[str, Any] | None = None, force: bool = False) -> bool:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_as_tree(state)),
-                                  data=ocp.args.JsonSave(data_state or {}),
-                                  meta=ocp.args.JsonSave(meta or {}))
-        return self.manager.save(step, args=args, force=force)
+             meta: dict[str, Any] | None = None, force: bool = False, reference: Any | None = None) -> bool:
+        """Save asynchronously; `reference` (e.g. GRPO's refreshed reference params) is stored alongside."""
+        items = dict(state=ocp.args.StandardSave(_as_tree(state)), data=ocp.args.JsonSave(data_state or {}),
+                     meta=ocp.args.JsonSave(meta or {}))
+        if reference is not None:
+            items["reference"] = ocp.args.StandardSave(reference)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -51,6 +53,13 @@ class TrainCheckpointer:
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
         state = TrainState(**restored["state"])
         return state, dict(restored["data"] or {}), dict(restored["meta"] or {})
+
+    def restore_reference(self, abstract_params: Any, step: int | None = None) -> Any:
+        """The `reference` params saved with a checkpoint, placed like `abstract_params`."""
+        step = self.latest_step() if step is None else step
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_params)
+        restored = self.manager.restore(step, args=ocp.args.Composite(reference=ocp.args.StandardRestore(target)))
+        return restored["reference"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

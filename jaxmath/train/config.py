@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from jaxmath.objectives.grpo import ADVANTAGE_ESTIMATORS, GRPOConfig
 from jaxmath.parallel import MeshConfig
 from jaxmath.train.optimizer import OptimizerConfig
 
@@ -88,16 +89,87 @@ class TrainSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class GRPOSection:
+    """GRPO rollouts and updates: `group_size` completions for each of `prompts_per_step` prompts, rewarded by
+    the named reward functions, turned into group advantages and used for `mu` passes over `minibatches`
+    minibatches (one optimizer update each). `train.steps` counts these rollout-and-update iterations."""
+
+    group_size: int = 8
+    prompts_per_step: int = 8
+    max_prompt_len: int = 256
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_strings: list[str] = dataclasses.field(default_factory=list)
+    # reward name -> weight (see jaxmath.verify.rewards.REWARDS), and optional keyword parameters per reward
+    rewards: dict[str, float] = dataclasses.field(default_factory=lambda: {"correctness": 1.0})
+    reward_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    advantage: str = "grpo"  # grpo | grpo_no_std (Dr. GRPO) | rloo
+    loss: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
+    mu: int = 1  # optimisation passes over each rollout batch
+    minibatches: int = 1  # optimizer updates per pass
+    # "sampler": the sampler's own log-probs are pi_old (exact when sampling is unwarped at temperature 1);
+    # "recompute": one forward pass of the current policy before the updates
+    old_logprobs: Literal["sampler", "recompute"] = "sampler"
+    # Completions cut off at max_new_tokens: "zero" reward, DAPO's soft "penalty" over the last
+    # `overlong_buffer` tokens, "mask" them out of the loss, or "none"
+    overlong: Literal["none", "zero", "penalty", "mask"] = "zero"
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    # DAPO dynamic sampling: drop groups whose rewards are all equal and refill from new prompts
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 4
+    ref_refresh_every: int = 0  # iterations between reference <- policy copies (0: the initial policy)
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"grpo.group_size must be >= 2 (advantages are group-relative), got {self.group_size}")
+        for name in ("prompts_per_step", "max_prompt_len", "max_new_tokens", "mu", "minibatches",
+                     "max_sampling_rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
+        if (self.prompts_per_step * self.group_size) % self.minibatches:
+            raise ValueError(f"grpo.prompts_per_step * grpo.group_size = {self.prompts_per_step * self.group_size} "
+                             f"rows do not split into grpo.minibatches={self.minibatches}")
+        if self.advantage not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"grpo.advantage {self.advantage!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
+        if self.temperature <= 0:
+            raise ValueError(f"grpo.temperature must be > 0 (rollouts are sampled), got {self.temperature}")
+        if self.overlong == "penalty" and not 0 < self.overlong_buffer < self.max_new_tokens:
+            raise ValueError(f"grpo.overlong=penalty needs 0 < grpo.overlong_buffer < grpo.max_new_tokens, got "
+                             f"{self.overlong_buffer}")
+        if not self.rewards:
+            raise ValueError("grpo.rewards is empty: name at least one reward function")
+        stray = sorted(set(self.reward_params) - set(self.rewards))
+        if stray:
+            raise ValueError(f"grpo.reward_params given for {stray}, which are not in grpo.rewards")
+
+    @property
+    def rows(self) -> int:
+        """Completions per iteration."""
+        return self.prompts_per_step * self.group_size
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    objective: Literal["sft"] = "sft"
+    objective: Literal["sft", "grpo"] = "sft"
     output_dir: str = "runs/default"
     model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(init={}))
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     data: DataSection = dataclasses.field(default_factory=DataSection)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
+    grpo: GRPOSection | None = None  # required by objective grpo
 
     def __post_init__(self) -> None:
-        if self.data.batch_size % self.optimizer.grad_accum:
+        if (self.objective == "grpo") != (self.grpo is not None):
+            raise ValueError("objective grpo needs a grpo section (and only grpo uses one)")
+        if self.grpo is not None:
+            minibatch = self.grpo.rows // self.grpo.minibatches
+            if minibatch % self.optimizer.grad_accum:
+                raise ValueError(f"a GRPO minibatch of {minibatch} rows is not a multiple of "
+                                 f"optimizer.grad_accum={self.optimizer.grad_accum}")
+        elif self.data.batch_size % self.optimizer.grad_accum:
             raise ValueError(f"data.batch_size={self.data.batch_size} is not a multiple of "
                              f"optimizer.grad_accum={self.optimizer.grad_accum}")

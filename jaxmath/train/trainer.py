@@ -214,6 +214,9 @@ def _fresh_state_shapes(run: Run) -> TrainState:
 
 def dry_run(config: TrainConfig, output_dir: str | Path | None = None) -> dict[str, float]:
     """Compile the train step for the config's shapes and report per-device memory, loading no weights."""
+    if config.objective == "grpo":
+        from jaxmath.train.rl import dry_run_grpo
+        return dry_run_grpo(config, output_dir)
     run = build_run(config, output_dir, with_data=False)
     state = abstract_state(run)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding[k])
@@ -271,7 +274,11 @@ def evaluate_accuracy(run: Run, params: Any) -> float | None:
 
 def train(config: TrainConfig, output_dir: str | Path | None = None, resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary with the final loss and eval loss."""
+    """Run (or resume) training; returns a summary with the final loss and eval loss (GRPO: rewards and
+    held-out accuracy before and after)."""
+    if config.objective == "grpo":
+        from jaxmath.train.rl import train_grpo
+        return train_grpo(config, output_dir, resume, progress)
     initialize_distributed()
     run = build_run(config, output_dir)
     out, tc = run.out, config.train

@@ -44,6 +44,14 @@ def add_or_sub(rng: random.Random) -> Problem:
     return Problem(question.format(a=_text(a), b=_paren(b)), _text(value), plain_number(value), line)
 
 
+@register("arithmetic__add_small", "arithmetic")
+def add_small(rng: random.Random) -> Problem:
+    """Two-digit addition (0-99 + 0-99): learnable by a tiny model in minutes, the demo's curriculum."""
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    question = rng.choice(["What is {a} + {b}?", "Add {a} and {b}.", "Calculate {a} + {b}."])
+    return Problem(question.format(a=a, b=b), str(a + b), str(a + b), f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}")
+
+
 @register("arithmetic__mul", "arithmetic")
 def mul(rng: random.Random) -> Problem:
     decimals = rng.random() < 0.3

@@ -1,0 +1,394 @@
+"""The GRPO loop (DeepSeekMath): prompts -> G completions each from the current policy -> verifier rewards
+-> group advantages -> `mu` passes of clipped-objective updates over minibatches, with KL to a reference.
+
+One iteration (`train.steps` counts them) samples with the live parameters (no weight copy), scores the
+completions with `jaxmath.verify` reward functions (answer checks run in the verifier's worker processes),
+applies the overlong rule, optionally drops groups whose rewards are all equal and refills them from new
+prompts (DAPO dynamic sampling), and runs the one train step of `jaxmath.train.step` on the rollout batch.
+Runs write the same files as SFT (config.yaml, metrics.jsonl, tensorboard/, checkpoints/, final_model/,
+hf/) and resume exactly: the prompt iterator, the train state and (when refreshed) the reference policy
+are checkpointed, and every sampling seed is a function of the iteration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from jaxmath.config import dump_yaml
+from jaxmath.data.formats import get_format
+from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
+from jaxmath.evaluation import stop_token_ids
+from jaxmath.models.transformer import build_model
+from jaxmath.objectives import compute_advantages, make_loss, metric_means
+from jaxmath.objectives.grpo import completion_log_probs
+from jaxmath.parallel import BATCH_AXES, initialize_distributed, make_mesh
+from jaxmath.sampling import GenerationOutput, completion_texts, generate
+from jaxmath.train.checkpointing import TrainCheckpointer
+from jaxmath.train.config import GRPOSection, TrainConfig
+from jaxmath.train.metrics import MetricsWriter
+from jaxmath.train.optimizer import make_optimizer
+from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, reward_statistics, take_rows,
+                                   train_batch, useful_groups)
+from jaxmath.train.state import init_train_state, param_shardings, state_shardings, trainable_predicate
+from jaxmath.train.step import batch_shardings, make_train_step
+from jaxmath.train.trainer import (Run, TrainingError, _hf_config_dict, abstract_state, evaluate_accuracy,
+                                   export_final, load_params, load_records, model_config, prepare_tokenizer,
+                                   to_global)
+from jaxmath.verify.rewards import combine_rewards
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RLRun:
+    """The GRPO run: the shared `Run` pieces plus the rollout-side functions."""
+
+    run: Run
+    grpo: GRPOSection
+    updates_per_iteration: int
+    minibatch_rows: int
+    logprob_fn: Callable[[Any, dict[str, jax.Array]], jax.Array]
+    copy_params: Callable[[Any], Any]
+    eos_ids: list[int]
+
+
+def example_batch(grpo: GRPOSection, rows: int) -> dict[str, np.ndarray]:
+    """Zero arrays shaped like one GRPO minibatch (compiles the step; dry runs)."""
+    shape = (rows, grpo.max_prompt_len + grpo.max_new_tokens)
+    batch = {k: np.zeros(shape, np.int32) for k in ("input_ids", "attention_mask", "completion_mask")}
+    batch["old_logprobs"] = np.zeros(shape, np.float32)
+    batch["advantages"] = np.zeros((rows,), np.float32)
+    if grpo.loss.beta > 0.0:
+        batch["ref_logprobs"] = np.zeros(shape, np.float32)
+    return batch
+
+
+def build_rl_run(config: TrainConfig, output_dir: str | Path | None = None, with_data: bool = True) -> RLRun:
+    """Mesh, prompts, tokenizer, model config, shardings, the compiled-on-first-use GRPO step and the
+    log-prob pass (reference and recomputed old log-probs)."""
+    grpo = config.grpo
+    if grpo is None:
+        raise ValueError("objective grpo needs a grpo section")
+    out = Path(output_dir or config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(config.mesh)
+    rows = grpo.rows
+    if rows % jax.process_count() or (rows // grpo.minibatches) % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise ValueError(f"a GRPO minibatch of {rows // grpo.minibatches} rows does not split over "
+                         f"{jax.process_count()} processes and the mesh's data*fsdp="
+                         f"{mesh.shape['data'] * mesh.shape['fsdp']} batch shards")
+    needs_tokenizer = with_data or "vocab_size" not in (config.model.init or {"vocab_size": None})
+    train_records, eval_records = load_records(config) if needs_tokenizer else ([], [])
+    tokenizer = prepare_tokenizer(config, train_records, out) if needs_tokenizer else None
+    hf_config = _hf_config_dict(config, tokenizer)
+    mconfig = model_config(config, hf_config)
+    abstract = nnx.eval_shape(lambda: build_model(mconfig))
+    graphdef, abstract_params = nnx.split(abstract)
+    p_shard = param_shardings(abstract, mesh)
+    updates = grpo.mu * grpo.minibatches
+    optimizer, schedule = make_optimizer(config.optimizer, config.train.steps * updates)
+    trainable = trainable_predicate(config.optimizer.freeze, lora=mconfig.lora_rank > 0)
+    shardings = state_shardings(p_shard, optimizer, nnx.to_pure_dict(abstract_params), mesh, trainable)
+    minibatch = rows // grpo.minibatches
+    example = example_batch(grpo, minibatch)
+    loss_fn = make_loss("grpo", **dataclasses.asdict(grpo.loss))
+    step_fn = make_train_step(loss_fn, optimizer, mesh, graphdef, shardings, example, config.optimizer.grad_accum,
+                              trainable)
+    token_sharding = batch_shardings(mesh, {"input_ids": example["input_ids"]})["input_ids"]
+
+    def logprobs(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+        model = nnx.merge(graphdef, params)
+        return completion_log_probs(model(batch["input_ids"], attention_mask=batch["attention_mask"]),
+                                    batch["input_ids"])
+
+    logprob_fn = jax.jit(logprobs, in_shardings=(p_shard, {"input_ids": token_sharding,
+                                                           "attention_mask": token_sharding}),
+                         out_shardings=token_sharding)
+    copy_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_shard)
+    run = Run(config, out, mesh, mconfig, hf_config, tokenizer, graphdef, trainable, shardings, step_fn, None,
+              batch_shardings(mesh, example), schedule, train_records, eval_records)
+    eos = stop_token_ids(tokenizer, out / "tokenizer") if tokenizer is not None else []
+    return RLRun(run, grpo, updates, minibatch, logprob_fn, copy_params, eos)
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+def _local(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    mesh = x.sharding.mesh
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, PartitionSpec(BATCH_AXES)))
+
+
+def _global(rl: RLRun, x: np.ndarray) -> jax.Array:
+    sharding = NamedSharding(rl.run.mesh, PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1))))
+    return jax.make_array_from_process_local_data(sharding, x)
+
+
+def sample(rl: RLRun, params: Any, prompts: dict[str, Any], seed: int) -> dict[str, Any]:
+    """G completions per prompt from the current params: tokens, log-probs, lengths, texts, truncation."""
+    g, tokenizer = rl.grpo, rl.run.tokenizer
+    model = nnx.merge(rl.run.graphdef, params)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    with jax.set_mesh(rl.run.mesh):
+        out = generate(model, _global(rl, prompts["input_ids"]), _global(rl, prompts["attention_mask"]),
+                       max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                       eos_token_id=rl.eos_ids, pad_token_id=pad, seed=seed,
+                       stop_strings=g.stop_strings or None, tokenizer=tokenizer)
+    local = GenerationOutput(*(_local(x) for x in (out.sequences, out.logprobs, out.sampling_logprobs,
+                                                   out.lengths)))
+    texts = completion_texts(local, tokenizer, g.stop_strings)
+    tokens = local.sequences[:, -g.max_new_tokens:]
+    lengths = local.lengths
+    last = tokens[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
+    full = tokenizer.batch_decode([row[:n].tolist() for row, n in zip(tokens, lengths)], skip_special_tokens=True)
+    stopped = np.isin(last, rl.eos_ids) | np.array([any(s in t for s in g.stop_strings) for t in full], bool)
+    return {"tokens": tokens, "logprobs": local.logprobs, "lengths": lengths, "texts": texts,
+            "truncated": (lengths >= g.max_new_tokens) & ~stopped}
+
+
+def score(rl: RLRun, rollout: dict[str, Any], records: list[Any]) -> dict[str, Any]:
+    """Rewards (weighted sum and per function) after the overlong rule, and each row's loss weight."""
+    g = rl.grpo
+    examples = [{"question": r.question, "answer": r.answer} for r in records]
+    total, per_function = combine_rewards(rollout["texts"], examples, g.rewards, params=g.reward_params,
+                                          num_tokens=rollout["lengths"])
+    rewards, weight = overlong_rewards(total, rollout["lengths"], rollout["truncated"], g.max_new_tokens,
+                                       g.overlong, g.overlong_buffer, g.overlong_penalty)
+    return {"rewards": rewards, "per_function": per_function, "loss_weight": weight}
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in parts[0].items():
+        if isinstance(value, dict):
+            out[key] = _concat([p[key] for p in parts])
+        elif isinstance(value, list):
+            out[key] = [x for p in parts for x in p[key]]
+        else:
+            out[key] = np.concatenate([p[key] for p in parts])
+    return out
+
+
+def _select(part: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in part.items():
+        if isinstance(value, dict):
+            out[key] = _select(value, rows)
+        elif isinstance(value, list):
+            out[key] = [value[i] for i in rows]
+        else:
+            out[key] = np.asarray(value)[rows]
+    return out
+
+
+def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """One iteration's groups: sample and score a prompt batch; with dynamic sampling, keep drawing prompt
+    batches (up to max_sampling_rounds) until prompts_per_step groups have unequal rewards, then keep those
+    first. Returns the rows of exactly prompts_per_step local groups, and rollout statistics."""
+    g = rl.grpo
+    local_groups = g.prompts_per_step // jax.process_count()
+    parts, sampled_groups, zero_variance, timings = [], 0, 0, {"rollout_seconds": 0.0, "reward_seconds": 0.0}
+    for round_index in range(g.max_sampling_rounds if g.dynamic_sampling else 1):
+        batch = next(prompts)
+        start = time.perf_counter()
+        rollout = sample(rl, params, batch, seed=rl.run.config.train.seed * 1_000_003 + iteration * 101 + round_index)
+        timings["rollout_seconds"] += time.perf_counter() - start
+        start = time.perf_counter()
+        scored = score(rl, rollout, batch["records"])
+        timings["reward_seconds"] += time.perf_counter() - start
+        part = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                "records": batch["records"], **rollout, **scored}
+        part["useful"] = np.repeat(useful_groups(part["rewards"], g.group_size), g.group_size)
+        parts.append(part)
+        sampled_groups += local_groups
+        zero_variance += int(local_groups - part["useful"].sum() // g.group_size)
+        useful = sum(int(p["useful"].sum()) // g.group_size for p in parts)
+        if jax.process_count() > 1:  # every process must run the same number of (collective) generate calls
+            useful = int(multihost_utils.process_allgather(np.int32(useful)).min())
+        if useful >= local_groups:
+            break
+    merged = _concat(parts)
+    group_useful = merged["useful"].reshape(-1, g.group_size)[:, 0]
+    chosen = _select(merged, group_rows(pick_groups(group_useful, local_groups), g.group_size))
+    stats = {**timings, "sampling_rounds": float(len(parts)),
+             "zero_variance_groups": zero_variance / max(sampled_groups, 1),
+             "generated_tokens": float(merged["lengths"].sum())}
+    return chosen, stats
+
+
+def rollout_batch(rl: RLRun, params: Any, ref_params: Any | None, groups: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The loss's batch for the chosen groups: advantages, old log-probs and (beta > 0) reference log-probs."""
+    g = rl.grpo
+    advantages = np.asarray(compute_advantages(groups["rewards"], g.group_size, g.advantage))
+    batch = train_batch(groups["input_ids"], groups["attention_mask"], groups["tokens"], groups["lengths"],
+                        groups["logprobs"], advantages, groups["loss_weight"])
+    needs_old = g.old_logprobs == "recompute"
+    if needs_old or g.loss.beta > 0.0:
+        rows = rl.minibatch_rows // jax.process_count()  # one minibatch at a time bounds the logits' memory
+        old, ref = [], []
+        for first in range(0, batch["input_ids"].shape[0], rows):
+            chunk = to_global({k: batch[k][first:first + rows] for k in ("input_ids", "attention_mask")},
+                              rl.run.batch_sharding)
+            if needs_old:
+                old.append(_local(rl.logprob_fn(params, chunk)))
+            if g.loss.beta > 0.0:
+                ref.append(_local(rl.logprob_fn(ref_params, chunk)))
+        if needs_old:
+            batch["old_logprobs"] = np.concatenate(old) * (batch["attention_mask"] > 0)
+        if ref:
+            batch["ref_logprobs"] = np.concatenate(ref).astype(np.float32)
+    return batch
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _log_row(rl: RLRun, iteration: int, stats: dict[str, float], groups: dict[str, Any],
+             totals: dict[str, float], updates: list[dict[str, float]], update_seconds: float) -> dict[str, float]:
+    lengths = groups["lengths"]
+    row = {**reward_statistics(groups["rewards"], groups["per_function"]), **stats,
+           "learning_rate": float(rl.run.schedule(iteration * rl.updates_per_iteration - 1)),
+           "loss": float(np.mean([u["loss"] for u in updates])),
+           "grad_norm": float(np.mean([u["grad_norm"] for u in updates])),
+           "skipped_updates": int(sum(u["skipped"] for u in updates)),
+           "completion_length_mean": float(np.mean(lengths)), "completion_length_max": int(np.max(lengths)),
+           "truncated_fraction": float(np.mean(groups["truncated"])),
+           "update_seconds": update_seconds,
+           "rollout_tokens_per_second": stats["generated_tokens"] / max(stats["rollout_seconds"], 1e-9),
+           "update_tokens_per_second": totals.get("tokens", 0.0) / max(update_seconds, 1e-9)}
+    if "correctness" in groups["per_function"]:
+        row["accuracy"] = float(np.mean(groups["per_function"]["correctness"]))
+    means = metric_means("grpo", totals)
+    means.pop("completion_length_mean", None)  # the rollout's own figure (all rows) is logged above
+    return {**row, **means}
+
+
+def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume: bool = False,
+               progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) GRPO; returns a summary with the last reward and held-out accuracy before and after."""
+    initialize_distributed()
+    rl = build_rl_run(config, output_dir)
+    run, g, tc = rl.run, rl.grpo, config.train
+    if jax.process_index() == 0:
+        dump_yaml(config, run.out / "config.yaml")
+    options = PipelineOptions(seed=config.data.seed, num_epochs=None, shuffle=True, strict=config.data.strict)
+    prompts = iter(rl_prompt_pipeline(run.train_records, run.tokenizer, get_format(config.data.format),
+                                      max_prompt_len=g.max_prompt_len,
+                                      prompts_per_batch=g.prompts_per_step // jax.process_count(),
+                                      group_size=g.group_size, options=options).dataset)
+    checkpointer = TrainCheckpointer(run.out / "checkpoints", keep=tc.keep_checkpoints)
+    keeps_reference = g.loss.beta > 0.0 and g.ref_refresh_every > 0
+    writer = MetricsWriter(run.out, enabled=jax.process_index() == 0)
+    summary: dict[str, Any] = {"accuracy_before": None}
+    ref_params = None
+    if resume and checkpointer.latest_step() is not None:
+        state, data_state, meta = checkpointer.restore(abstract_state(run))
+        if keeps_reference:
+            ref_params = checkpointer.restore_reference(abstract_state(run).params)
+        prompts.set_state(data_state)
+        start = int(meta["iteration"])
+        summary["accuracy_before"] = meta.get("accuracy_before")
+        log.info("resumed GRPO from iteration %d", start)
+    else:
+        if resume:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", checkpointer.directory)
+        params = load_params(config, run.model_config, run.mesh, run.shardings.params)
+        state = init_train_state(params, make_optimizer(config.optimizer, tc.steps * rl.updates_per_iteration)[0],
+                                 tc.seed, run.shardings, run.trainable)
+        start = 0
+        summary["accuracy_before"] = evaluate_accuracy(run, state.params)
+        if summary["accuracy_before"] is not None:
+            writer.write(0, {"eval_accuracy": summary["accuracy_before"]})
+    if g.loss.beta > 0.0 and ref_params is None:
+        # The initial policy: the current params on a fresh start, the loaded weights again on a resume.
+        ref_params = rl.copy_params(state.params) if start == 0 else load_params(
+            config, run.model_config, run.mesh, run.shardings.params)
+    bar = tqdm(total=tc.steps, initial=start, desc="grpo", unit="it", disable=not progress)
+    bad_updates, row = 0, {}
+    for iteration in range(start + 1, tc.steps + 1):
+        groups, stats = collect(rl, state.params, prompts, iteration)
+        batch = rollout_batch(rl, state.params, ref_params, groups)
+        update_start, totals, updates = time.perf_counter(), {}, []
+        order_rng = np.random.default_rng([tc.seed, iteration])
+        local_rows = rl.minibatch_rows // jax.process_count()
+        for _ in range(g.mu):
+            order = order_rng.permutation(batch["input_ids"].shape[0])
+            for k in range(g.minibatches):
+                minibatch = take_rows(batch, order[k * local_rows:(k + 1) * local_rows])
+                state, metrics = run.step_fn(state, to_global(minibatch, run.batch_sharding))
+                values = {k2: float(v) for k2, v in jax.device_get(metrics).items()}
+                updates.append(values)
+                for key, value in values.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                bad_updates = bad_updates + 1 if values["skipped"] else 0
+                if bad_updates >= tc.max_bad_steps:
+                    raise TrainingError(f"{bad_updates} consecutive GRPO updates had a non-finite loss or gradient "
+                                        f"(iteration {iteration}); stopping. Lower the learning rate.")
+        row = _log_row(rl, iteration, stats, groups, totals, updates, time.perf_counter() - update_start)
+        if keeps_reference and iteration % g.ref_refresh_every == 0:
+            ref_params = rl.copy_params(state.params)
+        if (tc.eval_every and iteration % tc.eval_every == 0) or iteration == tc.steps:
+            accuracy = evaluate_accuracy(run, state.params)
+            if accuracy is not None:
+                row["eval_accuracy"] = summary["accuracy_after"] = accuracy
+        if iteration % tc.log_every == 0 or iteration == tc.steps or "eval_accuracy" in row:
+            writer.write(iteration, row)
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row.get('kl_mean', 0.0):.4f}")
+        if (tc.save_every and iteration % tc.save_every == 0) or iteration == tc.steps:
+            checkpointer.save(iteration, state, prompts.get_state(),
+                              {"iteration": iteration, "accuracy_before": summary["accuracy_before"]},
+                              reference=ref_params if keeps_reference else None)
+    bar.close()
+    checkpointer.wait()
+    if tc.export_hf:
+        export_final(run, state.params)
+    writer.close()
+    checkpointer.close()
+    summary.update(steps=tc.steps, reward_mean=row.get("reward_mean"), accuracy=row.get("accuracy"),
+                   output_dir=str(run.out))
+    summary.setdefault("accuracy_after", None)
+    return summary
+
+
+def dry_run_grpo(config: TrainConfig, output_dir: str | Path | None = None) -> dict[str, float]:
+    """Compile the GRPO update for the config's minibatch and add the rollout's KV cache and the reference
+    copy to the per-device memory report; loads no weights."""
+    rl = build_rl_run(config, output_dir, with_data=False)
+    run, g = rl.run, rl.grpo
+    state = abstract_state(run)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding[k])
+             for k, v in example_batch(g, rl.minibatch_rows).items()}
+    stats = run.step_fn.lower(state, batch).compile().memory_analysis()
+    gib, devices = 2**30, jax.device_count()
+    m = run.model_config
+    cache_bytes = (2 * m.num_layers * g.rows * (g.max_prompt_len + g.max_new_tokens) * m.num_kv_heads * m.head_dim
+                   * m.compute_dtype.itemsize)
+    params_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
+    report = {"devices": devices, "params_gib_total": params_bytes / gib,
+              "optimizer_gib_total": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state)) / gib,
+              "kv_cache_gib_per_device": cache_bytes / devices / gib,
+              "reference_gib_per_device": (params_bytes / devices / gib) if g.loss.beta > 0 else 0.0}
+    if stats is not None:
+        update_peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+                       - stats.alias_size_in_bytes) / gib
+        report["update_peak_gib_per_device"] = update_peak
+        # Rollouts and updates alternate: the cache lives during sampling, the update's temporaries after it.
+        report["peak_gib_per_device"] = (max(update_peak, stats.argument_size_in_bytes / gib
+                                             + report["kv_cache_gib_per_device"])
+                                         + report["reference_gib_per_device"])
+    return report
