@@ -1,12 +1,15 @@
 """`jaxmath demo`: the whole loop on a laptop CPU with nothing downloaded.
 
-Generate arithmetic problems, fit a tokenizer, train a tiny Qwen2-shaped model from scratch with the SFT
-trainer, grade held-out answers with the sampler and the verifier, export to Hugging Face format and
-reload it with `transformers` to answer one question.
+Generate two-digit addition problems, fit a tokenizer, train a tiny Qwen2-shaped model from scratch with
+the SFT trainer, then improve it with GRPO (rewards from the verifier), grading the same held-out problems
+greedily before and after; export to Hugging Face format and reload it with `transformers` to answer one
+question. Everything lands in the output directory: sft/ and grpo/ run directories (config, metrics,
+checkpoints, final_model/, hf/), summary.json and grpo_progress.png.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -14,23 +17,36 @@ from typing import Any
 
 from jaxmath.config import from_dict
 
-DEMO_CONFIG: dict[str, Any] = {
+MODEL = {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+         "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True}
+# Both stages read the same seeded problems and hold out the same 5% (same generators, seed, fraction).
+DATA = {"synthetic": {"arithmetic__add_small": 3000}, "eval_fraction": 0.05, "format": "boxed", "seq_len": 128}
+HELD_OUT = 128  # held-out problems graded greedily before and after GRPO
+ANSWER_TOKENS = 48
+
+SFT_CONFIG: dict[str, Any] = {
     "objective": "sft",
-    "model": {
-        "init": {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
-                 "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
-                 "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
-    },
-    "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+    "model": {"init": MODEL},
+    "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
     "optimizer": {"lr": 3e-3, "schedule": "cosine", "warmup_steps": 20, "min_lr_ratio": 0.05, "b2": 0.98,
                   "weight_decay": 0.01, "clip_norm": 1.0},
-    # Digit lookup and rounding are learnable in minutes on a CPU; addition with carries takes longer.
-    "data": {"synthetic": {"numbers__place_value": 1500, "numbers__round_number": 1500,
-                           "arithmetic__add_or_sub": 1000},
-             "eval_fraction": 0.05, "format": "boxed", "tokenizer": "train", "tokenizer_vocab_size": 384,
-             "seq_len": 128, "batch_size": 16},
-    "train": {"steps": 400, "log_every": 50, "eval_every": 200, "eval_batches": 4, "eval_generate": 128,
-              "eval_max_new_tokens": 48, "save_every": 200, "keep_checkpoints": 1},
+    "data": {**DATA, "tokenizer": "train", "tokenizer_vocab_size": 384, "batch_size": 16},
+    "train": {"steps": 400, "log_every": 50, "eval_every": 0, "eval_batches": 4, "eval_generate": HELD_OUT,
+              "eval_max_new_tokens": ANSWER_TOKENS, "save_every": 200, "keep_checkpoints": 1},
+}
+
+GRPO_CONFIG: dict[str, Any] = {
+    "objective": "grpo",
+    "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
+    "optimizer": {"lr": 5e-4, "schedule": "constant", "clip_norm": 1.0, "b2": 0.98},
+    "data": dict(DATA),
+    "grpo": {"group_size": 8, "prompts_per_step": 8, "max_prompt_len": 64, "max_new_tokens": 32,
+             "temperature": 1.0, "rewards": {"correctness": 1.0},
+             "loss": {"beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.28, "aggregation": "token_mean"},
+             "mu": 1, "minibatches": 2, "overlong": "zero"},
+    "train": {"steps": 60, "log_every": 5, "eval_every": 20, "eval_generate": HELD_OUT,
+              "eval_max_new_tokens": ANSWER_TOKENS, "save_every": 20, "keep_checkpoints": 1},
 }
 
 
@@ -44,48 +60,87 @@ def answer_with_transformers(hf_dir: Path, question: str) -> str:
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir)
     prompt = render_prompt(get_format("boxed"), question, tokenizer)
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    out = model.generate(**ids, max_new_tokens=48, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    out = model.generate(**ids, max_new_tokens=ANSWER_TOKENS, do_sample=False, eos_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def run_demo(output_dir: str | Path, steps: int | None = None) -> dict[str, Any]:
+def stage_configs(out: Path, sft_steps: int | None = None, grpo_steps: int | None = None,
+                  problems: dict[str, int] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The SFT and GRPO run configs (plain dicts) of a demo writing into `out`; `problems` replaces the
+    generator -> count mapping of both stages."""
+    sft, grpo = copy.deepcopy(SFT_CONFIG), copy.deepcopy(GRPO_CONFIG)
+    if problems is not None:
+        sft["data"]["synthetic"] = grpo["data"]["synthetic"] = dict(problems)
+    sft["output_dir"], grpo["output_dir"] = str(out / "sft"), str(out / "grpo")
+    grpo["model"] = {"path": str(out / "sft" / "final_model")}
+    grpo["data"]["tokenizer"] = str(out / "sft" / "tokenizer")
+    if sft_steps is not None:
+        sft["train"].update(steps=sft_steps, save_every=0)
+    if grpo_steps is not None:
+        grpo["train"].update(steps=grpo_steps, eval_every=0, save_every=0, log_every=1)
+    return sft, grpo
+
+
+def run_demo(output_dir: str | Path, sft_steps: int | None = None, grpo_steps: int | None = None,
+             held_out: int | None = None, problems: dict[str, int] | None = None) -> dict[str, Any]:
+    """SFT -> GRPO -> export -> transformers, with before/after held-out accuracy; returns summary.json."""
     from jaxmath.train.config import TrainConfig
+    from jaxmath.train.metrics import plot_metrics
+    from jaxmath.train.rl import train_grpo
     from jaxmath.train.trainer import load_records, train
 
     out = Path(output_dir)
-    raw = json.loads(json.dumps(DEMO_CONFIG))
-    raw["output_dir"] = str(out)
-    if steps is not None:
-        raw["train"].update(steps=steps, eval_every=0, save_every=0)
-    config = from_dict(TrainConfig, raw)
-    start = time.perf_counter()
-    print(f"[demo] 1/3 data, tokenizer and a randomly initialised model in {out}", flush=True)
-    records = load_records(config)[1]  # the same seeded split the trainer holds out
-    summary = train(config, out)  # grades held-out problems with the sampler and the verifier at each eval
-    after = summary["eval_accuracy"]
-    print("[demo] 2/3 trained and exported to Hugging Face format; reloading with transformers", flush=True)
-    question = records[0].question
+    sft_raw, grpo_raw = stage_configs(out, sft_steps, grpo_steps, problems)
+    if held_out is not None:
+        for raw in (sft_raw, grpo_raw):
+            raw["train"]["eval_generate"] = held_out
+    sft_config, start = from_dict(TrainConfig, sft_raw), time.perf_counter()
+    print(f"[demo] 1/4 SFT: a tokenizer and a randomly initialised {MODEL['num_hidden_layers']}-layer model "
+          f"on {', '.join(sft_raw['data']['synthetic'])} problems, in {out / 'sft'}", flush=True)
+    sft_summary = train(sft_config, sft_config.output_dir)
+    print(f"[demo] 2/4 GRPO: {grpo_raw['grpo']['group_size']} samples per problem, verifier rewards, "
+          f"in {out / 'grpo'}", flush=True)
+    grpo_config = from_dict(TrainConfig, grpo_raw)
+    grpo_summary = train_grpo(grpo_config, grpo_config.output_dir)
+    print("[demo] 3/4 exported to Hugging Face format; reloading with transformers", flush=True)
+    record = load_records(grpo_config)[1][0]  # a held-out problem
     try:
-        reply = answer_with_transformers(out / "hf", question)
+        reply = answer_with_transformers(out / "grpo" / "hf", record.question)
     except ImportError:
         reply = "(install torch to reload the export with transformers)"
-    result = {"accuracy_after_sft": after, "held_out_problems": min(config.train.eval_generate, len(records)),
-              "final_loss": summary["final_loss"], "eval_loss": summary["eval_loss"],
-              "transformers_question": question, "transformers_reply": reply,
-              "reference_answer": records[0].answer, "seconds": round(time.perf_counter() - start, 1)}
+    plot = plot_metrics(out / "grpo" / "metrics.jsonl",
+                        {"reward (rollouts)": "reward_mean", "held-out accuracy (greedy)": "eval_accuracy"},
+                        out / "grpo_progress.png", title="GRPO: " + ", ".join(grpo_raw["data"]["synthetic"]))
+    result = {"accuracy_before_grpo": grpo_summary["accuracy_before"],
+              "accuracy_after_grpo": grpo_summary["accuracy_after"],
+              "accuracy_after_sft": sft_summary["eval_accuracy"],
+              "held_out_problems": grpo_config.train.eval_generate,
+              "sft_final_loss": sft_summary["final_loss"], "sft_eval_loss": sft_summary["eval_loss"],
+              "grpo_final_reward_mean": grpo_summary["reward_mean"],
+              "transformers_question": record.question, "transformers_reply": reply,
+              "reference_answer": record.answer, "plot": str(plot),
+              "seconds": round(time.perf_counter() - start, 1)}
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("[demo] 3/3 done\n")
-    print(f"  held-out accuracy (greedy pass@1, {result['held_out_problems']} problems): {after:.1%}")
-    print(f"  final train loss {summary['final_loss']:.3f}, eval loss {summary['eval_loss']:.3f}")
-    print(f"  transformers, asked {question!r}: {reply.strip()!r} (reference {records[0].answer})")
-    print(f"  files: {out}/ (metrics.jsonl, checkpoints/, final_model/, hf/, summary.json)")
+    before, after = result["accuracy_before_grpo"], result["accuracy_after_grpo"]
+    print("[demo] 4/4 done\n")
+    print(f"  held-out accuracy, greedy pass@1 on {result['held_out_problems']} problems:")
+    print("  | model        | accuracy |")
+    print("  |--------------|----------|")
+    print(f"  | after SFT    | {before:8.1%} |")
+    print(f"  | after GRPO   | {after:8.1%} |")
+    print(f"  transformers, asked {record.question!r}: {reply.strip()!r} (reference {record.answer})")
+    print(f"  files: {out}/ (sft/, grpo/, summary.json, grpo_progress.png) in {result['seconds']:.0f}s")
     return result
 
 
 def demo_main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument("--output-dir", default="runs/demo", help="where the run's files go")
-    parser.add_argument("--steps", type=int, default=None, help="SFT steps (default 400)")
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="runs/demo", help="where the run's files go (default runs/demo)")
+    parser.add_argument("--sft-steps", type=int, default=None, help=f"SFT steps (default {SFT_CONFIG['train']['steps']})")
+    parser.add_argument("--grpo-steps", type=int, default=None,
+                        help=f"GRPO iterations (default {GRPO_CONFIG['train']['steps']})")
+    parser.add_argument("--held-out", type=int, default=None, help=f"held-out problems graded (default {HELD_OUT})")
     args = parser.parse_args(argv)
-    run_demo(args.output_dir, args.steps)
+    run_demo(args.output_dir, args.sft_steps, args.grpo_steps, args.held_out)
     return 0

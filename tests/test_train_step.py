@@ -170,3 +170,18 @@ def test_chunked_vocabulary_projection_equals_the_full_one():
     g_full = nnx.grad(lambda m: both(m)[1])(model)
     for a, b in zip(jax.tree.leaves(g_chunked), jax.tree.leaves(g_full)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_chunked_entropy_equals_a_numpy_softmax_entropy():
+    from jaxmath.objectives.sft import chunked_log_probs_and_entropy
+    model = build_model(ModelConfig.from_hf(tiny_config("qwen2").to_dict()), seed=0)
+    batch = tiny_batch(rows=2, length=16)
+    targets = jnp.asarray(batch["input_ids"][:, ::-1].copy())
+    hidden = model.model(batch["input_ids"], segment_ids=batch["segment_ids"], positions=batch["positions"])
+    logprobs, entropy = chunked_log_probs_and_entropy(model, hidden, targets, chunk=5)
+    logits = np.asarray(model.logits_from_hidden(hidden), np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    np.testing.assert_allclose(np.asarray(entropy), -(np.exp(logp) * logp).sum(-1), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(logprobs), np.take_along_axis(logp, np.asarray(targets)[..., None], -1)[..., 0],
+                               atol=1e-4)

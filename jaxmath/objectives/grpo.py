@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmath.objectives.sft import token_log_probs
+from jaxmath.objectives.sft import chunked_log_probs_and_entropy, token_log_probs
 
 # ---------------------------------------------------------------- advantage estimators
 
@@ -223,22 +223,24 @@ def completion_log_probs(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.zeros_like(picked[:, :1]), picked], axis=1)
 
 
-def predictive_entropy(logits: jax.Array) -> jax.Array:
-    """Token-aligned entropy [B, T] of the distribution each token was drawn from (entry 0 is 0)."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-    return jnp.concatenate([jnp.zeros_like(entropy[:, :1]), entropy], axis=1)
+def policy_log_probs(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Token-aligned log-probs and predictive entropies [B, T] of `batch["input_ids"]` (entry 0 is 0),
+    projecting to the vocabulary in chunks so long completions never hold [B, T, V] float32 logits."""
+    ids = batch["input_ids"]
+    hidden = model.model(ids, attention_mask=batch["attention_mask"])
+    logprobs, entropy = chunked_log_probs_and_entropy(model, hidden[:, :-1], ids[:, 1:])
+    zero = jnp.zeros_like(logprobs[:, :1])
+    return jnp.concatenate([zero, logprobs], axis=1), jnp.concatenate([zero, entropy], axis=1)
 
 
 def grpo_loss(model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.Array, config: GRPOConfig = GRPOConfig()
               ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """The train-step loss function for GRPO on the batch layout in this module's docstring."""
-    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
-    logprobs = completion_log_probs(logits, batch["input_ids"])
+    logprobs, entropy = policy_log_probs(model, batch)
     ref = batch.get("ref_logprobs") if config.beta > 0.0 else None
     numerator, denominator, metrics = grpo_loss_terms(logprobs, batch["old_logprobs"], batch["advantages"],
                                                       batch["completion_mask"], config, ref)
     if config.compute_entropy:
-        entropy = jax.lax.stop_gradient(predictive_entropy(logits))
-        metrics["entropy_sum"] = (entropy * batch["completion_mask"].astype(jnp.float32)).sum()
+        mask = batch["completion_mask"].astype(jnp.float32)
+        metrics["entropy_sum"] = (jax.lax.stop_gradient(entropy) * mask).sum()
     return numerator, denominator, metrics

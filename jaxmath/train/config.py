@@ -109,8 +109,8 @@ class GRPOSection:
     loss: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
     mu: int = 1  # optimisation passes over each rollout batch
     minibatches: int = 1  # optimizer updates per pass
-    # "sampler": the sampler's own log-probs are pi_old (exact when sampling is unwarped at temperature 1);
-    # "recompute": one forward pass of the current policy before the updates
+    # pi_old: "sampler" takes the log-probs the sampler computed for each drawn token (the unwarped policy,
+    # as the loss computes it; equal to a forward pass up to float error); "recompute" runs that forward pass
     old_logprobs: Literal["sampler", "recompute"] = "sampler"
     # Completions cut off at max_new_tokens: "zero" reward, DAPO's soft "penalty" over the last
     # `overlong_buffer` tokens, "mask" them out of the loss, or "none"

@@ -69,3 +69,39 @@ class MetricsWriter:
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl (a torn last line from a crash is ignored)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def plot_metrics(metrics_path: str | Path, keys: Mapping[str, str], out_png: str | Path, title: str = "") -> Path:
+    """A PNG with one line per metric key (label -> key) against the step, from a run's metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
+    for label, key in keys.items():
+        points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if points:
+            steps, values = zip(*points)
+            axis.plot(steps, values, marker="o" if len(points) < 12 else None, label=label)
+    axis.set_xlabel("step")
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(out_png)
+    plt.close(figure)
+    return Path(out_png)

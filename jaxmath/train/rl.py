@@ -31,7 +31,7 @@ from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
 from jaxmath.evaluation import stop_token_ids
 from jaxmath.models.transformer import build_model
 from jaxmath.objectives import compute_advantages, make_loss, metric_means
-from jaxmath.objectives.grpo import completion_log_probs
+from jaxmath.objectives.grpo import policy_log_probs
 from jaxmath.parallel import BATCH_AXES, initialize_distributed, make_mesh
 from jaxmath.sampling import GenerationOutput, completion_texts, generate
 from jaxmath.train.checkpointing import TrainCheckpointer
@@ -108,9 +108,7 @@ def build_rl_run(config: TrainConfig, output_dir: str | Path | None = None, with
     token_sharding = batch_shardings(mesh, {"input_ids": example["input_ids"]})["input_ids"]
 
     def logprobs(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
-        model = nnx.merge(graphdef, params)
-        return completion_log_probs(model(batch["input_ids"], attention_mask=batch["attention_mask"]),
-                                    batch["input_ids"])
+        return policy_log_probs(nnx.merge(graphdef, params), batch)[0]  # exactly what the loss computes
 
     logprob_fn = jax.jit(logprobs, in_shardings=(p_shard, {"input_ids": token_sharding,
                                                            "attention_mask": token_sharding}),
