@@ -299,7 +299,7 @@ def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, to
                        repair_rounds: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Metrics for one benchmark and its sample rows (for samples.jsonl); `repair_rounds` > 0 revises failed
     samples with the verifier's feedback (jaxmath.revise) and adds pass@1 after each round."""
-    from jaxmath.revise import check_attempts, repair_metrics, revise, revision_history
+    from jaxmath.revise import check_attempts, repair_metrics, revise, revision_history, round_seed
 
     prompts = [render_prompt(fmt, r.question, tokenizer) for r in records]
     completions = sample_completions(model, tokenizer, prompts, num_samples, sampling, eos_ids, batch_size, name)
@@ -315,10 +315,10 @@ def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, to
     metrics = benchmark_metrics([[answers[i] for i in idx] for idx in per_problem],
                                 [[verdicts[i].correct for i in idx] for idx in per_problem])
     if repair_rounds:
-        def respond(conversations: list) -> list[str]:
+        def respond(conversations: list, round_: int) -> list[str]:
             prompts = [render_messages(c, tokenizer) for c in conversations]
-            return [s[0][0] for s in sample_completions(model, tokenizer, prompts, 1, sampling, eos_ids, batch_size,
-                                                        f"{name} repair")]
+            return [s[0][0] for s in sample_completions(model, tokenizer, prompts, 1, round_seed(sampling, round_),
+                                                        eos_ids, batch_size, f"{name} repair {round_}")]
 
         histories = revise([r.question for r in records for _ in range(num_samples)], golds, attempts, respond,
                            fmt, verifier, repair_rounds, fallback_last_number=fallback_last_number)

@@ -17,8 +17,16 @@ from jaxmath.verify import Verifier
 from jaxmath.verify.rewards import extract_program, run_completions
 from jaxmath.verify.verdict import Outcome, Verdict
 
-Respond = Callable[[list[list[dict[str, str]]]], list[str]]  # conversations -> one completion each
+Respond = Callable[[list[list[dict[str, str]]], int], list[str]]  # (conversations, round) -> one completion each
 ERROR_CHARS = 1500  # the tail of a sandbox error that feedback quotes
+ANSWER_CHARS = 200  # the head of a wrong answer that feedback quotes
+ROUND_SEED_STRIDE = 1_000_003  # revision round r samples with seed + r * stride, far from the sampler's batch offsets
+
+
+def round_seed(sampling: Any, round_: int) -> Any:
+    """`sampling` (a dataclass with `seed`) for revision round `round_`: a seed of its own, so the coin flips of
+    one round do not repeat those of the last."""
+    return dataclasses.replace(sampling, seed=sampling.seed + round_ * ROUND_SEED_STRIDE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +61,7 @@ def check_attempts(completions: Sequence[str], golds: Sequence[str], fmt: Prompt
 
 def feedback_text(attempt: Attempt, fmt: PromptFormat) -> str:
     """What the model is told about a failed attempt: what went wrong (never the gold answer) and the format."""
-    program = fmt.extraction_style == "pot"
+    program, answer = fmt.extraction_style == "pot", (attempt.answer or "")[:ANSWER_CHARS]
     if program and attempt.status is None:
         problem = "Your reply has no ```python code block, so there was no program to run."
     elif program and attempt.status != "ok":
@@ -64,9 +72,9 @@ def feedback_text(attempt: Attempt, fmt: PromptFormat) -> str:
         problem = ("Your program ran but set no `answer` variable and printed nothing." if program
                    else "No final answer was found in your reply.")
     elif attempt.verdict.outcome is Outcome.UNVERIFIABLE:
-        problem = f"Your final answer, {attempt.answer}, could not be checked ({attempt.verdict.reason})."
+        problem = f"Your final answer, {answer}, could not be checked ({attempt.verdict.reason})."
     else:
-        problem = f"Your final answer, {attempt.answer}, is wrong."
+        problem = f"Your final answer, {answer}, is wrong."
     return f"{problem}\nFind the mistake and write a corrected solution. {fmt.system_prompt}"
 
 
@@ -84,7 +92,8 @@ def revise(questions: Sequence[str], golds: Sequence[str], first: Sequence[Attem
            timeout: float | None = None, progress: Callable[[str], None] | None = None) -> list[list[Attempt]]:
     """Each sample's attempts: `first`, then one revision per round until it verifies or `rounds` are done.
 
-    `respond` gets the conversations of the samples still failing and returns one completion for each.
+    `respond(conversations, round)` gets the conversations of the samples still failing and returns one
+    completion for each.
     """
     if rounds < 0:
         raise ValueError(f"revision rounds must be >= 0, got {rounds}")
@@ -95,7 +104,7 @@ def revise(questions: Sequence[str], golds: Sequence[str], first: Sequence[Attem
         failing = [i for i, history in enumerate(histories) if not history[-1].correct]
         if not failing:
             break
-        completions = respond([revision_messages(fmt, questions[i], histories[i]) for i in failing])
+        completions = respond([revision_messages(fmt, questions[i], histories[i]) for i in failing], round_)
         if len(completions) != len(failing):
             raise ValueError(f"respond returned {len(completions)} completions for {len(failing)} conversations")
         attempts = check_attempts(completions, [golds[i] for i in failing], fmt, verifier,

@@ -245,12 +245,12 @@ def test_cache_asks_only_for_missing_samples_and_survives_a_torn_line(tmp_path, 
 
 
 def test_cache_keys_separate_settings_models_and_samples(tmp_path):
-    teacher, other = FakeTeacher(), FakeTeacher()
+    teacher, other, warm = FakeTeacher(), FakeTeacher(), Sampling(temperature=0.7)
     other.model = "m2"
-    base = cache_key(teacher, "p", Sampling(temperature=0.7), 0)
+    base = cache_key(teacher, "p", warm, 0)
     assert base == cache_key(FakeTeacher(), "p", Sampling(temperature=0.7), 0)
-    assert len({base, cache_key(teacher, "p", Sampling(temperature=0.7), 1), cache_key(other, "p", Sampling(temperature=0.7), 0),
-                cache_key(teacher, "p", Sampling(temperature=0.8), 0), cache_key(teacher, "q", Sampling(temperature=0.7), 0)}) == 5
+    assert len({base, cache_key(teacher, "p", warm, 1), cache_key(other, "p", warm, 0),
+                cache_key(teacher, "p", Sampling(temperature=0.8), 0), cache_key(teacher, "q", warm, 0)}) == 5
 
 
 def test_corrupt_cache_line_in_the_middle_is_an_error_naming_it(tmp_path):
@@ -276,7 +276,8 @@ def test_missing_teacher_or_model_is_a_clear_error(tmp_path, monkeypatch, capsys
 
 
 def test_revise_builds_sft_records_and_dpo_pairs_from_feedback(server, tmp_path, capsys):
-    problems = write_problems(tmp_path / "problems.jsonl", ["Q-correct", "Q-crash", "Q-wrong", "Q-nocode", "Q-stubborn"])
+    questions = ["Q-correct", "Q-crash", "Q-wrong", "Q-nocode", "Q-stubborn"]
+    problems = write_problems(tmp_path / "problems.jsonl", questions)
     out = tmp_path / "revise"
     argv = ["revise", "--teacher", server.url, "--teacher-model", "m", "--input", str(problems), "--samples", "1",
             "--rounds", "2", "--output-dir", str(out), "--verifier-workers", "1"]

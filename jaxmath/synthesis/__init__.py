@@ -7,5 +7,5 @@ from jaxmath.synthesis.cache import AskCounts, CompletionCache, ask, cache_key
 from jaxmath.synthesis.chat import ChatCompletionsTeacher
 from jaxmath.synthesis.teacher import LocalTeacher, Teacher, TeacherConfig, TeacherError, make_teacher
 
-__all__ = ["AskCounts", "ChatCompletionsTeacher", "CompletionCache", "LocalTeacher", "Teacher", "TeacherConfig", "TeacherError", "ask",
-           "cache_key", "make_teacher"]
+__all__ = ["AskCounts", "ChatCompletionsTeacher", "CompletionCache", "LocalTeacher", "Teacher", "TeacherConfig",
+           "TeacherError", "ask", "cache_key", "make_teacher"]

@@ -44,7 +44,7 @@ class CompletionCache:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         keep, needs_newline = self._load()
         self._handle = open(self.path, "ab")
-        if keep < self._handle.tell():  # cut a torn last line, so the next entry starts a line of its own
+        if keep < os.path.getsize(self.path):  # cut a torn last line, so the next entry starts a line of its own
             self._handle.truncate(keep)
         if needs_newline:
             self._handle.write(b"\n")

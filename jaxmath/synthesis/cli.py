@@ -44,7 +44,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     teacher.add_argument("--batch-size", type=int, default=None, help="rows per generate call of a checkpoint teacher")
     data = parser.add_argument_group("problems and sampling")
     data.add_argument("--input", action="append", default=None, metavar="PATH",
-                      help="problems: a record-schema .jsonl/.parquet file, e.g. from `jaxmath data build` (repeatable)")
+                      help="problems: a record-schema .jsonl/.parquet file, e.g. from `jaxmath data build` "
+                           "(repeatable)")
     data.add_argument("--format", default=None, choices=sorted(FORMATS), help="prompt format (default pot)")
     data.add_argument("--samples", type=int, default=None, help="completions per problem (default 4)")
     data.add_argument("--temperature", type=float, default=None, help="default 0.7")
@@ -55,7 +56,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--chunk", type=int, default=None, help="problems per ask-run-grade round (default 64)")
     data.add_argument("--cache", default=None, metavar="PATH",
                       help="completion cache (JSONL); share it between runs and commands to ask nothing twice")
-    data.add_argument("--sandbox-timeout", type=float, default=None, metavar="S", help="seconds per program (default 5)")
+    data.add_argument("--sandbox-timeout", type=float, default=None, metavar="S",
+                      help="seconds per program (default 5)")
     data.add_argument("--verifier-workers", type=int, default=None, help="grading processes (default: CPU cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 

@@ -53,6 +53,11 @@ class SynthesisConfig(GenerationConfig):
     output: str
     keep_per_problem: int | None = None
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.keep_per_problem is not None and self.keep_per_problem < 1:
+            raise ValueError(f"keep_per_problem must be >= 1, got {self.keep_per_problem}")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RevisionConfig(GenerationConfig):

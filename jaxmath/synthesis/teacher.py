@@ -55,14 +55,6 @@ class TeacherConfig:
             raise ValueError("teacher.concurrency and teacher.batch_size must be >= 1")
 
 
-def teacher_config(url_or_path: str | None, **fields: Any) -> TeacherConfig:
-    """A TeacherConfig from a `--teacher` value: http(s) URLs are endpoints, anything else a checkpoint."""
-    if url_or_path is None:
-        return TeacherConfig(**fields)
-    key = "base_url" if url_or_path.startswith(("http://", "https://")) else "path"
-    return TeacherConfig(**{**fields, key: url_or_path})
-
-
 def _first_env(names: Sequence[str]) -> str | None:
     return next((os.environ[n] for n in names if os.environ.get(n)), None)
 
@@ -102,7 +94,7 @@ class LocalTeacher(Teacher):
     """A jaxmath or HF checkpoint sampled with jaxmath's KV-cache sampler (loaded on the first request).
 
     Its cache identity is the checkpoint's path plus a fingerprint of its files, so a retrained checkpoint
-    at the same path is asked afresh. `from_loaded` wraps a model that is already in memory.
+    at the same path is asked afresh.
     """
 
     backend = "local"
@@ -116,15 +108,6 @@ class LocalTeacher(Teacher):
         self.model = f"{Path(path).resolve() if Path(path).exists() else path}@{checkpoint_fingerprint(path)}"
         self.tokenizer = load_tokenizer(tokenizer or model_files_dir(path))
         self._loaded: tuple[Any, list[int], Any] | None = None  # (model, eos ids, mesh)
-
-    @classmethod
-    def from_loaded(cls, name: str, model: Any, tokenizer: Any, eos_ids: Sequence[int], mesh: Any,
-                    batch_size: int = 32) -> "LocalTeacher":
-        """A teacher around a model already loaded by `load_for_generation` (no cache identity beyond `name`)."""
-        teacher = cls.__new__(cls)
-        teacher.path, teacher.dtype, teacher.tokenizer_path, teacher.batch_size = name, None, None, batch_size
-        teacher.model, teacher.tokenizer, teacher._loaded = name, tokenizer, (model, list(eos_ids), mesh)
-        return teacher
 
     def prompt_text(self, messages: Messages) -> str:
         from jaxmath.data.formats import render_messages
