@@ -318,3 +318,24 @@ def test_revise_builds_sft_records_and_dpo_pairs_from_feedback(server, tmp_path,
     assert data_main(argv) == 0  # the whole run again, served from the cache
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cached"] == 10
     assert len(server.requests) == asked
+
+
+def test_config_file_flags_and_environment_fallbacks(server, tmp_path, monkeypatch, capsys):
+    for name in ("JAXMATH_TEACHER_BASE_URL", "JAXMATH_TEACHER_API_KEY", "JAXMATH_TEACHER_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    problems = write_problems(tmp_path / "p.jsonl", ["Q-correct"])
+    config = tmp_path / "synth.yaml"
+    config.write_text(f"teacher: {{base_url: '{server.url}', model: m, api_key: sk-from-config}}\n"
+                      f"input: ['{problems}']\noutput: '{tmp_path / 'a.jsonl'}'\nsamples: 1\nverifier_workers: 1\n")
+    assert data_main(["synthesize", "--config", str(config), "--samples", "2"]) == 0  # the flag wins
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kept"] == 1
+    sent = [(r["auth"], r["body"]["n"], r["body"]["model"]) for r in server.requests]
+    assert sent == [("Bearer sk-from-config", 2, "m")]
+
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)  # nothing about the teacher in the config: the environment
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    monkeypatch.setenv("JAXMATH_TEACHER_MODEL", "env-model")
+    config.write_text(f"input: ['{problems}']\noutput: '{tmp_path / 'b.jsonl'}'\nverifier_workers: 1\n")
+    assert data_main(["synthesize", "--config", str(config), "--quiet"]) == 0
+    assert (server.requests[-1]["auth"], server.requests[-1]["body"]["model"]) == ("Bearer sk-openai", "env-model")
+    assert "[synthesize]" not in capsys.readouterr().err
