@@ -23,6 +23,7 @@ from jaxmath.synthesis.synthesize import Progress, Tally, first_attempts, soluti
 from jaxmath.synthesis.teacher import Teacher, make_teacher
 from jaxmath.verify import Verifier
 
+
 def revision_outputs(problem: Record, sample: int, history: Sequence[Attempt], teacher: Teacher,
                      fmt_name: str) -> tuple[dict[str, Any], Record, list[dict[str, str]]] | None:
     """(row, SFT record, DPO pairs) of one sample's history, or None unless a revision verified."""

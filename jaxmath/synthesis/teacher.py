@@ -80,9 +80,9 @@ class Teacher(abc.ABC):
 
 
 def checkpoint_fingerprint(path: str | os.PathLike) -> str:
-    """A short hash of a checkpoint directory's file names, sizes and modification times (or of the name)."""
+    """A short hash of a checkpoint directory's path and its files' names, sizes and modification times."""
     root = Path(path)
-    digest = hashlib.sha256(str(root.resolve() if root.exists() else path).encode())
+    digest = hashlib.sha256(str(root.resolve()).encode())
     if root.is_dir():
         for file in sorted(p for p in root.rglob("*") if p.is_file()):
             stat = file.stat()
@@ -105,7 +105,7 @@ class LocalTeacher(Teacher):
         from jaxmath.evaluation import model_files_dir
 
         self.path, self.dtype, self.tokenizer_path, self.batch_size = str(path), dtype, tokenizer, batch_size
-        self.model = f"{Path(path).resolve() if Path(path).exists() else path}@{checkpoint_fingerprint(path)}"
+        self.model = f"{Path(path).resolve()}@{checkpoint_fingerprint(path)}"
         self.tokenizer = load_tokenizer(tokenizer or model_files_dir(path))
         self._loaded: tuple[Any, list[int], Any] | None = None  # (model, eos ids, mesh)
 
