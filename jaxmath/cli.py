@@ -5,7 +5,10 @@
     jaxmath demo [--output-dir runs/demo]   the whole loop on a CPU in minutes, nothing downloaded
     jaxmath train --config configs/sft/tiny-cpu.yaml [--set key=value] [--resume] [--dry-run]
     jaxmath data build ...            (see `jaxmath data build --help`)
+    jaxmath data synthesize --teacher URL_OR_PATH --input problems.jsonl --output pot.jsonl
+    jaxmath data revise --teacher URL_OR_PATH --input problems.jsonl --rounds 2 --output-dir revise/
     jaxmath eval --model ckpt_or_hf_dir --benchmarks gsm8k math500 --data-dir ../shared/data --out results/
+                 [--repair-rounds R]
     jaxmath generate --model ckpt_or_hf_dir --prompt "What is 17 * 23?" [--max-new-tokens 256]
 """
 from __future__ import annotations

@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from jaxmath.checkpoint import CheckpointError, from_pretrained
 from jaxmath.checkpoint.pretrained import is_jaxmath_dir
-from jaxmath.data.formats import FORMATS, PromptFormat, get_format, render_prompt
+from jaxmath.data.formats import FORMATS, PromptFormat, get_format, render_messages, render_prompt
 from jaxmath.data.readers import FieldMap, SkipLog, dataset_rows, file_rows, map_rows
 from jaxmath.data.schema import Record
 from jaxmath.data.sources import SOURCES, SourceSpec, local_files
@@ -230,6 +230,13 @@ class Sampling:
     stop_strings: tuple[str, ...] = ()
 
 
+def plain_text_stops(sampling: Sampling, tokenizer: PreTrainedTokenizerBase) -> Sampling:
+    """Plain-text prompts end in "Answer:": unless stop strings are given, stop where a new question starts."""
+    if tokenizer.chat_template or sampling.stop_strings:
+        return sampling
+    return dataclasses.replace(sampling, stop_strings=("\nQuestion:",))
+
+
 def _left_pad(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """[batch_size, bucketed width] ids and mask; missing rows repeat the first (their output is dropped)."""
     width = -(-max(len(r) for r in rows) // PROMPT_BUCKET) * PROMPT_BUCKET
@@ -272,15 +279,9 @@ def extract_answers(completions: Sequence[str], fmt: PromptFormat,
     """Each completion's final answer in the format's style; `pot` programs are run in the sandbox."""
     if fmt.extraction_style != "pot":
         return [extract_answer(c, fmt.extraction_style, fallback_last_number) for c in completions]
-    from jaxmath.verify.rewards import extract_program
-    from jaxmath.verify.sandbox import shared_sandbox
+    from jaxmath.verify.rewards import run_completions
 
-    programs = [extract_program(c) for c in completions]
-    runnable = [i for i, p in enumerate(programs) if p is not None]
-    answers: list[str | None] = [None] * len(completions)
-    for i, result in zip(runnable, shared_sandbox().run_batch([programs[i] for i in runnable])):
-        answers[i] = result.value if result.ok else None
-    return answers
+    return [r.value if r is not None and r.ok else None for r in run_completions(completions)]
 
 
 def grade_answers(verifier: Verifier, answers: Sequence[str | None], golds: Sequence[str]) -> list[Verdict]:
@@ -294,15 +295,18 @@ def grade_answers(verifier: Verifier, answers: Sequence[str | None], golds: Sequ
 
 def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, tokenizer: PreTrainedTokenizerBase,
                        fmt: PromptFormat, verifier: Verifier, num_samples: int, sampling: Sampling,
-                       eos_ids: Sequence[int], batch_size: int,
-                       fallback_last_number: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics for one benchmark and its sample rows (for samples.jsonl)."""
+                       eos_ids: Sequence[int], batch_size: int, fallback_last_number: bool = False,
+                       repair_rounds: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics for one benchmark and its sample rows (for samples.jsonl); `repair_rounds` > 0 revises failed
+    samples with the verifier's feedback (jaxmath.revise) and adds pass@1 after each round."""
+    from jaxmath.revise import check_attempts, repair_metrics, revise, revision_history, round_seed
+
     prompts = [render_prompt(fmt, r.question, tokenizer) for r in records]
     completions = sample_completions(model, tokenizer, prompts, num_samples, sampling, eos_ids, batch_size, name)
     flat = [text for per_problem in completions for text, _ in per_problem]
-    answers = extract_answers(flat, fmt, fallback_last_number)
     golds = [r.answer for r in records for _ in range(num_samples)]
-    verdicts = grade_answers(verifier, answers, golds)
+    attempts = check_attempts(flat, golds, fmt, verifier, fallback_last_number=fallback_last_number)
+    answers, verdicts = [a.answer for a in attempts], [a.verdict for a in attempts]
     rows = [{"benchmark": name, "id": r.id, "sample": s, "prompt": prompts[p], "completion": text, "tokens": length,
              "extracted": answers[p * num_samples + s], "gold": r.answer,
              "verdict": verdicts[p * num_samples + s].outcome.value, "reason": verdicts[p * num_samples + s].reason}
@@ -310,6 +314,17 @@ def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, to
     per_problem = [range(p * num_samples, (p + 1) * num_samples) for p in range(len(records))]
     metrics = benchmark_metrics([[answers[i] for i in idx] for idx in per_problem],
                                 [[verdicts[i].correct for i in idx] for idx in per_problem])
+    if repair_rounds:
+        def respond(conversations: list, round_: int) -> list[str]:
+            prompts = [render_messages(c, tokenizer) for c in conversations]
+            return [s[0][0] for s in sample_completions(model, tokenizer, prompts, 1, round_seed(sampling, round_),
+                                                        eos_ids, batch_size, f"{name} repair {round_}")]
+
+        histories = revise([r.question for r in records for _ in range(num_samples)], golds, attempts, respond,
+                           fmt, verifier, repair_rounds, fallback_last_number=fallback_last_number)
+        metrics = {"pass@1": metrics["pass@1"], **repair_metrics(histories, num_samples, repair_rounds), **metrics}
+        for row, history in zip(rows, histories):
+            row["revisions"], row["final_verdict"] = revision_history(history, fmt), history[-1].verdict.outcome.value
     return metrics, rows
 
 
@@ -317,15 +332,15 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
              data_dir: str | os.PathLike | None = None, format_name: str = "boxed", num_samples: int = 1,
              sampling: Sampling = Sampling(), batch_size: int = 32, limit: int | None = None,
              dtype: str | None = None, tokenizer_path: str | None = None, verifier_workers: int | None = None,
-             fallback_last_number: bool = False) -> dict[str, dict[str, float]]:
+             fallback_last_number: bool = False, repair_rounds: int = 0) -> dict[str, dict[str, float]]:
     """Evaluate a model directory on benchmarks; writes samples.jsonl and summary.json into `out_dir`."""
-    if num_samples < 1 or batch_size < 1:
-        raise EvaluationError(f"--num-samples and --batch-size must be >= 1, got {num_samples} and {batch_size}")
+    if num_samples < 1 or batch_size < 1 or repair_rounds < 0:
+        raise EvaluationError(f"--num-samples and --batch-size must be >= 1 and --repair-rounds >= 0, got "
+                              f"{num_samples}, {batch_size} and {repair_rounds}")
     fmt = get_format(format_name)
     problems = {name: load_benchmark(name, data_dir, limit) for name in benchmarks}  # fail fast on bad names
     model, tokenizer, eos_ids, mesh = load_for_generation(model_path, dtype, tokenizer_path)
-    if not tokenizer.chat_template and not sampling.stop_strings:  # plain prompts end in "Answer:": stop there
-        sampling = dataclasses.replace(sampling, stop_strings=("\nQuestion:",))
+    sampling = plain_text_stops(sampling, tokenizer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, float]] = {}
@@ -333,7 +348,8 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
             open(out / "samples.jsonl", "w", encoding="utf-8") as samples:
         for name, records in problems.items():
             summary[name], rows = evaluate_benchmark(name, records, model, tokenizer, fmt, verifier, num_samples,
-                                                     sampling, eos_ids, batch_size, fallback_last_number)
+                                                     sampling, eos_ids, batch_size, fallback_last_number,
+                                                     repair_rounds)
             samples.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             samples.flush()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -367,6 +383,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--verifier-workers", type=int, default=None, help="grading processes (default: CPU cores)")
     parser.add_argument("--fallback-last-number", action="store_true",
                         help="grade the last number when no final-answer marker is found (base models)")
+    parser.add_argument("--repair-rounds", type=int, default=0, metavar="R",
+                        help="revise failed samples up to R times with the verifier's verdict (and the sandbox "
+                             "error for pot) as feedback; adds pass@1_after_repair_1..R")
     parser.add_argument("--out", required=True, help="output directory for samples.jsonl and summary.json")
     args = parser.parse_args(argv)
     if args.num_samples > 1 and args.temperature == 0.0:
@@ -377,7 +396,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         summary = evaluate(args.model, args.benchmarks, args.out, args.data_dir, args.format, args.num_samples,
                            sampling, args.batch_size, args.limit, args.dtype, args.tokenizer, args.verifier_workers,
-                           args.fallback_last_number)
+                           args.fallback_last_number, args.repair_rounds)
     except (EvaluationError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

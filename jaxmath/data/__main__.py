@@ -4,6 +4,9 @@
         --hf-datasets gsm8k math svamp aqua_rat --hf-samples 2000 \\
         --ta-samples 1000 --include-synthetic --synthetic-samples 2000
     python -m jaxmath.data build --list-hf-datasets
+    python -m jaxmath.data synthesize --teacher http://localhost:8000/v1 --teacher-model NAME \\
+        --input data/train.jsonl --output data/pot.jsonl --samples 4
+    python -m jaxmath.data revise --teacher ckpt/ --input data/train.jsonl --rounds 2 --output-dir data/revise
 """
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ import sys
 from jaxmath.data.builder import BuildConfig, build
 from jaxmath.data.readers import BadRowError, FieldMap
 from jaxmath.data.sources import SOURCES, SourceError, describe_sources
+from jaxmath.synthesis.cli import add_revise_parser, add_synthesize_parser
+from jaxmath.synthesis.cli import run as run_synthesis
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0].strip("`"))
-    commands = parser.add_subparsers(dest="command", metavar="{build}")
+    commands = parser.add_subparsers(dest="command", metavar="{build,synthesize,revise}")
     b = commands.add_parser("build", help="build a training JSONL", description=(
         "Collect records from named sources (the Hub by default, --data-dir for local copies), local files and "
         "synthetic generators; drop bad rows, exact duplicates and questions that overlap evaluation sets; "
@@ -63,6 +68,8 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     flt.add_argument("--strict", action="store_true", help="stop at the first bad row, naming its file and line")
     b.add_argument("--seed", type=int, default=0, help="seed for sampling and the generators")
     b.add_argument("--quiet", action="store_true", help="no progress output")
+    add_synthesize_parser(commands)
+    add_revise_parser(commands)
     return parser
 
 
@@ -87,6 +94,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Entry point of `python -m jaxmath.data` and `jaxmath data`; returns the exit status."""
     parser = _parser(prog or "python -m jaxmath.data")
     args = parser.parse_args(argv)
+    if args.command in ("synthesize", "revise"):
+        return run_synthesis(args)
     if args.command != "build":
         parser.print_help()
         return 2

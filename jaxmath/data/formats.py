@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
@@ -139,11 +139,26 @@ def get_format(name: str) -> PromptFormat:
         raise ValueError(f"unknown prompt format {name!r}; known formats: {sorted(FORMATS)}") from None
 
 
+def render_messages(messages: Sequence[Mapping[str, str]], tokenizer: PreTrainedTokenizerBase) -> str:
+    """Chat turns (system, user, then assistant/user alternating) as text up to where the model writes next.
+
+    Through the chat template when there is one; else plain text, `system\n\nQuestion: q\nAnswer: `, each
+    assistant turn written out and each later user turn as a `\n\n...\nAnswer: ` continuation.
+    """
+    roles = [m.get("role") for m in messages]
+    if len(roles) < 2 or roles[:2] != ["system", "user"] or roles[-1] != "user" or any(
+            role != ("assistant", "user")[i % 2] for i, role in enumerate(roles[2:])):
+        raise ValueError(f"messages must be system, user, then assistant/user turns ending with user; got {roles}")
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    system, question, *rest = (m["content"] for m in messages)
+    text = f"{tokenizer.bos_token or ''}{system}\n\nQuestion: {question}\nAnswer: "
+    return text + "".join(turn if i % 2 == 0 else f"\n\n{turn}\nAnswer: " for i, turn in enumerate(rest))
+
+
 def render_prompt(fmt: PromptFormat, question: str, tokenizer: PreTrainedTokenizerBase) -> str:
     """The prompt text up to where the model starts writing, through the chat template when there is one."""
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(fmt.messages(question), tokenize=False, add_generation_prompt=True)
-    return f"{tokenizer.bos_token or ''}{fmt.system_prompt}\n\nQuestion: {question}\nAnswer: "
+    return render_messages(fmt.messages(question), tokenizer)
 
 
 def render_example(fmt: PromptFormat, question: str, completion: str,

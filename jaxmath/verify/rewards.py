@@ -22,7 +22,7 @@ import numpy as np
 from jaxmath.verify.extract import extract_all_answers
 from jaxmath.verify.normalize import normalize
 from jaxmath.verify.pool import Verifier
-from jaxmath.verify.sandbox import shared_sandbox
+from jaxmath.verify.sandbox import ProgramResult, shared_sandbox
 
 RewardFn = Callable[..., np.ndarray]
 REWARDS: dict[str, RewardFn] = {}
@@ -301,15 +301,23 @@ def extract_program(completion: str) -> str | None:
     return blocks[-1] if blocks else None
 
 
+def run_completions(completions: Sequence[str], timeout: float | None = None) -> list[ProgramResult | None]:
+    """Each completion's program run in the shared sandbox (concurrently); None where it has no code block."""
+    programs = [extract_program(c) for c in completions]
+    runnable = [i for i, p in enumerate(programs) if p is not None]
+    results: list[ProgramResult | None] = [None] * len(completions)
+    for i, result in zip(runnable, shared_sandbox().run_batch([programs[i] for i in runnable], timeout=timeout)):
+        results[i] = result
+    return results
+
+
 @register("program_execution")
 def program_execution(completions: Sequence[str], examples: Sequence[Mapping], *,
                       timeout: float = 5.0) -> np.ndarray:
     """1 when the completion's program runs in the sandbox, its asserts hold, and its value equals `answer`."""
     golds = _golds(examples)
-    programs = [extract_program(c) for c in completions]
-    runnable = [i for i, p in enumerate(programs) if p is not None]
-    results = shared_sandbox().run_batch([programs[i] for i in runnable], timeout=timeout)
-    answered = [(i, r.value) for i, r in zip(runnable, results) if r.ok and r.value is not None]
+    answered = [(i, r.value) for i, r in enumerate(run_completions(completions, timeout))
+                if r is not None and r.ok and r.value is not None]
     verdicts = _shared_verifier().compare_batch([v for _, v in answered], [golds[i] for i, _ in answered])
     scores = np.zeros(len(completions), dtype=np.float32)
     for (i, _), verdict in zip(answered, verdicts):

@@ -1,0 +1,111 @@
+"""Teacher synthesis: ask a teacher for solutions, run and grade them, keep the verified ones as SFT records.
+
+For each problem (question + gold answer) the teacher gets the format's prompt (`pot`: write a Python
+program that stores the answer in `answer`); each program runs in the sandbox and its value is compared
+with the gold by the Verifier. Verified, distinct solutions become records in the SFT schema (the program
+in `metadata["program"]`, so `data.format: pot` trains on it). Completions are cached (see cache.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import time
+from typing import Callable, Sequence
+
+from jaxmath.data.formats import get_format
+from jaxmath.data.readers import write_records
+from jaxmath.data.schema import Record
+from jaxmath.revise import Attempt, check_attempts
+from jaxmath.synthesis.cache import AskCounts, CompletionCache, ask
+from jaxmath.synthesis.config import GenerationConfig, SynthesisConfig, load_problems
+from jaxmath.synthesis.teacher import Teacher, make_teacher
+from jaxmath.verify import Verifier
+
+Progress = Callable[[str], None]
+
+
+def stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Tally:
+    """Counts for the summary: completions asked / served from the cache, programs run, answers verified."""
+
+    problems: int = 0
+    ran: int = 0
+    verified: int = 0
+    kept: int = 0
+    ask: AskCounts = dataclasses.field(default_factory=AskCounts)
+
+    def line(self, label: str, total: int, start: float) -> str:
+        return (f"[{label}] {self.problems}/{total} problems | asked {self.ask.asked} | cached {self.ask.cached} | "
+                f"ran {self.ran} | verified {self.verified} | kept {self.kept} | {time.perf_counter() - start:.0f}s")
+
+    def summary(self) -> dict[str, int]:
+        return {"problems": self.problems, "asked": self.ask.asked, "cached": self.ask.cached, "ran": self.ran,
+                "verified": self.verified, "kept": self.kept}
+
+
+def first_attempts(teacher: Teacher, problems: Sequence[Record], config: GenerationConfig, cache: CompletionCache,
+                   verifier: Verifier, tally: Tally) -> list[list[Attempt]]:
+    """`config.samples` graded attempts per problem (asked through the cache); counts them into `tally`."""
+    fmt = get_format(config.format)
+    completions = ask(teacher, [fmt.messages(r.question) for r in problems], config.samples, config.sampling(),
+                      cache, tally.ask)
+    attempts = check_attempts([c for per in completions for c in per],
+                              [r.answer for r in problems for _ in range(config.samples)], fmt, verifier,
+                              timeout=config.sandbox_timeout)
+    tally.problems += len(problems)
+    tally.ran += sum(a.status is not None for a in attempts)
+    tally.verified += sum(a.correct for a in attempts)
+    return [attempts[p * config.samples:(p + 1) * config.samples] for p in range(len(problems))]
+
+
+def solution_key(attempt: Attempt) -> str:
+    """What makes two solutions the same: the program (else the completion) without whitespace differences."""
+    return re.sub(r"\s+", " ", attempt.program if attempt.program is not None else attempt.completion).strip()
+
+
+def solution_record(problem: Record, attempt: Attempt, sample: int, teacher: Teacher, suffix: str = "synth",
+                    **metadata) -> Record:
+    """An SFT record of a verified solution: the problem's question and gold, the teacher's text as solution."""
+    extra = {"program": attempt.program} if attempt.program is not None else {}
+    return Record(id=f"{problem.id}#{suffix}{sample}", question=problem.question, answer=problem.answer,
+                  solution=attempt.completion, source=f"{suffix}:{problem.source or 'input'}",
+                  metadata={**problem.metadata, **extra, "source_id": problem.id, "sample": sample,
+                            "teacher": f"{teacher.backend}:{teacher.model}", "teacher_answer": attempt.answer,
+                            **metadata})
+
+
+def keep_verified(problem: Record, attempts: Sequence[Attempt], teacher: Teacher, limit: int | None) -> list[Record]:
+    """Records of the distinct verified attempts of one problem, at most `limit`."""
+    kept, seen = [], set()
+    for sample, attempt in enumerate(attempts):
+        key = solution_key(attempt)
+        if attempt.correct and key not in seen and (limit is None or len(kept) < limit):
+            seen.add(key)
+            kept.append(solution_record(problem, attempt, sample, teacher))
+    return kept
+
+
+def synthesize(config: SynthesisConfig, progress: Progress | None = stderr_progress) -> dict[str, int]:
+    """Run a synthesis: writes `config.output` (records, atomically) and returns the summary counts."""
+    problems = load_problems(config)
+    teacher = make_teacher(config.teacher)
+    tally, kept, start = Tally(), [], time.perf_counter()
+    try:
+        with CompletionCache(config.cache or f"{config.output}.cache.jsonl") as cache, \
+                Verifier(workers=config.verifier_workers) as verifier:
+            for first in range(0, len(problems), config.chunk):
+                chunk = problems[first:first + config.chunk]
+                for problem, attempts in zip(chunk, first_attempts(teacher, chunk, config, cache, verifier, tally)):
+                    kept += keep_verified(problem, attempts, teacher, config.keep_per_problem)
+                tally.kept = len(kept)
+                if progress is not None:
+                    progress(tally.line("synthesize", len(problems), start))
+    finally:
+        teacher.close()
+    write_records(kept, config.output)
+    return tally.summary()
