@@ -5,6 +5,7 @@
     jaxmath demo [--output-dir runs/demo]   the whole loop on a CPU in minutes, nothing downloaded
     jaxmath train --config configs/sft/tiny-cpu.yaml [--set key=value] [--resume] [--dry-run]
     jaxmath data build ...            (see `jaxmath data build --help`)
+    jaxmath data prm-filter --in samples.jsonl --prm prm_dir --out kept.jsonl [--threshold 0.6]
     jaxmath eval --model ckpt_or_hf_dir --benchmarks gsm8k math500 --data-dir ../shared/data --out results/
     jaxmath generate --model ckpt_or_hf_dir --prompt "What is 17 * 23?" [--max-new-tokens 256]
 """

@@ -1,9 +1,11 @@
-"""`python -m jaxmath.data build ...`: build a training JSONL from named sources, files and generators.
+"""`python -m jaxmath.data build ...`: build a training JSONL from named sources, files and generators;
+`python -m jaxmath.data prm-filter ...`: keep generated solutions that are correct and that a PRM rates highly.
 
     python -m jaxmath.data build --output data/train.jsonl \\
         --hf-datasets gsm8k math svamp aqua_rat --hf-samples 2000 \\
         --ta-samples 1000 --include-synthetic --synthetic-samples 2000
     python -m jaxmath.data build --list-hf-datasets
+    python -m jaxmath.data prm-filter --in results/samples.jsonl --prm runs/prm/final_model --out kept.jsonl
 """
 from __future__ import annotations
 
@@ -11,13 +13,19 @@ import argparse
 import sys
 
 from jaxmath.data.builder import BuildConfig, build
+from jaxmath.data.formats import FORMATS
 from jaxmath.data.readers import BadRowError, FieldMap
 from jaxmath.data.sources import SOURCES, SourceError, describe_sources
 
+# jaxmath.objectives.prm.STEP_AGGREGATIONS, named here so `--help` does not import jax (a test checks they agree).
+PRM_AGGREGATIONS = ("min", "product", "last")
+
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0].strip("`"))
-    commands = parser.add_subparsers(dest="command", metavar="{build}")
+    parser = argparse.ArgumentParser(prog=prog, description=(
+        "Build a training JSONL from named sources, files and generators (build); keep the generated solutions "
+        "that are correct and that a process reward model rates highly (prm-filter)."))
+    commands = parser.add_subparsers(dest="command", metavar="{build,prm-filter}")
     b = commands.add_parser("build", help="build a training JSONL", description=(
         "Collect records from named sources (the Hub by default, --data-dir for local copies), local files and "
         "synthetic generators; drop bad rows, exact duplicates and questions that overlap evaluation sets; "
@@ -63,7 +71,53 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     flt.add_argument("--strict", action="store_true", help="stop at the first bad row, naming its file and line")
     b.add_argument("--seed", type=int, default=0, help="seed for sampling and the generators")
     b.add_argument("--quiet", action="store_true", help="no progress output")
+    f = commands.add_parser("prm-filter", help="keep correct solutions that a PRM scores above a threshold",
+                            description=(
+        "Read solutions (evaluation's samples.jsonl, or rows with question, solution and answer), drop the wrong "
+        "ones, score the rest with a process reward model and keep those whose aggregated step score exceeds "
+        "--threshold; write the kept rows with their prm_score and print how many were dropped and why."))
+    f.add_argument("--in", dest="input", required=True, metavar="PATH", help="input JSONL of solutions")
+    f.add_argument("--prm", required=True, metavar="PATH", help="PRM directory (jaxmath or HF token classifier)")
+    f.add_argument("--out", required=True, metavar="PATH", help="output JSONL of kept rows (written atomically)")
+    f.add_argument("--threshold", type=float, default=0.6, help="keep scores strictly above this (default 0.6)")
+    f.add_argument("--aggregation", choices=PRM_AGGREGATIONS, default="min",
+                   help="how step scores become one score (default min)")
+    f.add_argument("--format", default="boxed", choices=sorted(FORMATS),
+                   help="prompt format the PRM was trained with, and the solutions' answer format (default boxed)")
+    f.add_argument("--batch-size", type=int, default=16, help="traces per PRM forward pass (default 16)")
+    f.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
+    f.add_argument("--verifier-workers", type=int, default=None,
+                   help="grading processes for rows without a verdict (default: CPU cores)")
     return parser
+
+
+def prm_filter_main(args: argparse.Namespace) -> int:
+    """Run `prm-filter`: read, filter, write, print the summary."""
+    import jax
+
+    from jaxmath.checkpoint import CheckpointError
+    from jaxmath.data.readers import SkipLog, file_rows, write_jsonl
+    from jaxmath.parallel import make_mesh
+    from jaxmath.prm.filter import prm_filter
+    from jaxmath.prm.scorer import PRMScorer
+    from jaxmath.verify import Verifier
+
+    try:
+        located = list(file_rows(args.input, SkipLog(strict=True)))
+        print(f"read {len(located)} solutions from {args.input}", file=sys.stderr, flush=True)
+        mesh = make_mesh()
+        scorer = PRMScorer.from_pretrained(args.prm, args.format, args.dtype, mesh, batch_size=args.batch_size)
+        with Verifier(workers=args.verifier_workers) as verifier, jax.set_mesh(mesh):
+            result = prm_filter([r.row for r in located], scorer, threshold=args.threshold, how=args.aggregation,
+                                verifier=verifier, names=[r.where for r in located])
+        write_jsonl(result.kept, args.out)
+    except (BadRowError, CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _config(args: argparse.Namespace) -> BuildConfig:
@@ -87,6 +141,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Entry point of `python -m jaxmath.data` and `jaxmath data`; returns the exit status."""
     parser = _parser(prog or "python -m jaxmath.data")
     args = parser.parse_args(argv)
+    if args.command == "prm-filter":
+        return prm_filter_main(args)
     if args.command != "build":
         parser.print_help()
         return 2
