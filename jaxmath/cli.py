@@ -7,6 +7,7 @@
     jaxmath data build ...            (see `jaxmath data build --help`)
     jaxmath data synthesize --teacher URL_OR_PATH --input problems.jsonl --output pot.jsonl
     jaxmath data revise --teacher URL_OR_PATH --input problems.jsonl --rounds 2 --output-dir revise/
+    jaxmath data prm-filter --in samples.jsonl --prm prm_dir --out kept.jsonl [--threshold 0.6]
     jaxmath eval --model ckpt_or_hf_dir --benchmarks gsm8k math500 --data-dir ../shared/data --out results/
                  [--repair-rounds R]
     jaxmath generate --model ckpt_or_hf_dir --prompt "What is 17 * 23?" [--max-new-tokens 256]

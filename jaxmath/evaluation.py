@@ -6,7 +6,8 @@
 Benchmarks are read through jaxmath.data's readers (local files in the public layouts, or the Hub when no
 data directory is given); prompts use jaxmath.data.formats; answers are graded by jaxmath.verify in its
 bounded worker processes. `--out` receives samples.jsonl (one row per sample) and summary.json
-({benchmark: {metric: value, "n": problems}}); the summary table is also printed.
+({benchmark: {metric: value, "n": problems}}); the summary table is also printed. `--select prm --prm PRM_DIR`
+also scores every sample with a process reward model and reports prm@N, the accuracy of the top-scored one.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -35,10 +36,14 @@ from jaxmath.data.schema import Record
 from jaxmath.data.sources import SOURCES, SourceSpec, local_files
 from jaxmath.data.tokenizer import load_tokenizer
 from jaxmath.models import CausalLM
+from jaxmath.objectives.prm import STEP_AGGREGATIONS, aggregate_step_scores, best_of_n
 from jaxmath.parallel import make_mesh
 from jaxmath.sampling import completion_texts, generate
 from jaxmath.verify import Verifier, extract_answer
 from jaxmath.verify.verdict import Outcome, Verdict
+
+if TYPE_CHECKING:
+    from jaxmath.prm.scorer import PRMScorer
 
 PROMPT_BUCKET = 64  # prompts are padded to a multiple of this, so a run compiles once per bucket
 
@@ -152,8 +157,10 @@ def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> 
     return any(ok for k, ok in zip(keys, correct) if k == winner)
 
 
-def benchmark_metrics(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]]) -> dict[str, float]:
-    """pass@1, maj@n and pass@k (k = 2, 4, ... up to n, and n) over problems with n samples each."""
+def benchmark_metrics(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]],
+                      prm_picks: Sequence[int] | None = None) -> dict[str, float]:
+    """pass@1, maj@n, prm@n (with `prm_picks`, each problem's PRM-selected sample) and pass@k (k = 2, 4, ...
+    up to n, and n) over problems with n samples each."""
     n = len(correct[0])
     if any(len(c) != n for c in correct):
         raise ValueError("every problem needs the same number of samples")
@@ -161,6 +168,8 @@ def benchmark_metrics(answers: Sequence[Sequence[str | None]], correct: Sequence
     metrics = {"pass@1": float(np.mean([sum(c) / n for c in correct]))}
     if n > 1:
         metrics[f"maj@{n}"] = float(np.mean([majority_correct(a, c) for a, c in zip(answers, correct)]))
+    if prm_picks is not None:
+        metrics[f"prm@{n}"] = float(np.mean([c[pick] for c, pick in zip(correct, prm_picks)]))
     for k in ks:
         metrics[f"pass@{k}"] = float(np.mean([pass_at_k(n, sum(c), k) for c in correct]))
     return {key: round(value, 6) for key, value in metrics.items()} | {"n": len(correct)}
@@ -296,9 +305,12 @@ def grade_answers(verifier: Verifier, answers: Sequence[str | None], golds: Sequ
 def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, tokenizer: PreTrainedTokenizerBase,
                        fmt: PromptFormat, verifier: Verifier, num_samples: int, sampling: Sampling,
                        eos_ids: Sequence[int], batch_size: int, fallback_last_number: bool = False,
-                       repair_rounds: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics for one benchmark and its sample rows (for samples.jsonl); `repair_rounds` > 0 revises failed
-    samples with the verifier's feedback (jaxmath.revise) and adds pass@1 after each round."""
+                       repair_rounds: int = 0, scorer: PRMScorer | None = None, prm_aggregation: str = "min"
+                       ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics for one benchmark and its sample rows (for samples.jsonl). `repair_rounds` > 0 revises failed
+    samples with the verifier's feedback (jaxmath.revise) and adds pass@1 after each round; with a PRM
+    `scorer`, each row gets its step scores and their `prm_aggregation`, and the metrics prm@N (the
+    top-scored sample's accuracy)."""
     from jaxmath.revise import check_attempts, repair_metrics, revise, revision_history, round_seed
 
     prompts = [render_prompt(fmt, r.question, tokenizer) for r in records]
@@ -307,13 +319,21 @@ def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, to
     golds = [r.answer for r in records for _ in range(num_samples)]
     attempts = check_attempts(flat, golds, fmt, verifier, fallback_last_number=fallback_last_number)
     answers, verdicts = [a.answer for a in attempts], [a.verdict for a in attempts]
-    rows = [{"benchmark": name, "id": r.id, "sample": s, "prompt": prompts[p], "completion": text, "tokens": length,
+    rows = [{"benchmark": name, "id": r.id, "sample": s, "question": r.question, "prompt": prompts[p],
+             "completion": text, "tokens": length,
              "extracted": answers[p * num_samples + s], "gold": r.answer,
              "verdict": verdicts[p * num_samples + s].outcome.value, "reason": verdicts[p * num_samples + s].reason}
             for p, r in enumerate(records) for s, (text, length) in enumerate(completions[p])]
     per_problem = [range(p * num_samples, (p + 1) * num_samples) for p in range(len(records))]
+    picks = None
+    if scorer is not None:
+        step_scores = scorer.score_solutions([r.question for r in records for _ in range(num_samples)], flat)
+        picks = [best_of_n([step_scores[i] for i in idx], prm_aggregation) for idx in per_problem]
+        for row, scores in zip(rows, step_scores):
+            row["prm_score"] = aggregate_step_scores(scores, prm_aggregation) if len(scores) else None
+            row["prm_step_scores"] = [round(float(x), 6) for x in scores]
     metrics = benchmark_metrics([[answers[i] for i in idx] for idx in per_problem],
-                                [[verdicts[i].correct for i in idx] for idx in per_problem])
+                                [[verdicts[i].correct for i in idx] for idx in per_problem], picks)
     if repair_rounds:
         def respond(conversations: list, round_: int) -> list[str]:
             prompts = [render_messages(c, tokenizer) for c in conversations]
@@ -332,14 +352,24 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
              data_dir: str | os.PathLike | None = None, format_name: str = "boxed", num_samples: int = 1,
              sampling: Sampling = Sampling(), batch_size: int = 32, limit: int | None = None,
              dtype: str | None = None, tokenizer_path: str | None = None, verifier_workers: int | None = None,
-             fallback_last_number: bool = False, repair_rounds: int = 0) -> dict[str, dict[str, float]]:
-    """Evaluate a model directory on benchmarks; writes samples.jsonl and summary.json into `out_dir`."""
+             fallback_last_number: bool = False, repair_rounds: int = 0, prm: str | None = None,
+             prm_aggregation: str = "min") -> dict[str, dict[str, float]]:
+    """Evaluate a model directory on benchmarks; writes samples.jsonl and summary.json into `out_dir`. With a
+    PRM directory `prm`, samples are also scored by it (in the same prompt format) and prm@N is reported."""
     if num_samples < 1 or batch_size < 1 or repair_rounds < 0:
         raise EvaluationError(f"--num-samples and --batch-size must be >= 1 and --repair-rounds >= 0, got "
                               f"{num_samples}, {batch_size} and {repair_rounds}")
     fmt = get_format(format_name)
     problems = {name: load_benchmark(name, data_dir, limit) for name in benchmarks}  # fail fast on bad names
+    if prm_aggregation not in STEP_AGGREGATIONS:
+        raise EvaluationError(f"unknown PRM aggregation {prm_aggregation!r}; choose one of "
+                              f"{sorted(STEP_AGGREGATIONS)}")
     model, tokenizer, eos_ids, mesh = load_for_generation(model_path, dtype, tokenizer_path)
+    scorer = None
+    if prm is not None:
+        from jaxmath.prm.scorer import PRMScorer
+
+        scorer = PRMScorer.from_pretrained(prm, fmt, dtype, mesh, batch_size=batch_size)
     sampling = plain_text_stops(sampling, tokenizer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -349,7 +379,7 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
         for name, records in problems.items():
             summary[name], rows = evaluate_benchmark(name, records, model, tokenizer, fmt, verifier, num_samples,
                                                      sampling, eos_ids, batch_size, fallback_last_number,
-                                                     repair_rounds)
+                                                     repair_rounds, scorer, prm_aggregation)
             samples.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             samples.flush()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -386,8 +416,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--repair-rounds", type=int, default=0, metavar="R",
                         help="revise failed samples up to R times with the verifier's verdict (and the sandbox "
                              "error for pot) as feedback; adds pass@1_after_repair_1..R")
+    parser.add_argument("--select", choices=["majority", "prm"], default="majority",
+                        help="how to pick one of the N samples besides pass@k: majority vote (maj@N, always "
+                             "reported) or also the top-scored by a process reward model (prm@N; needs --prm)")
+    parser.add_argument("--prm", default=None, metavar="PATH",
+                        help="PRM directory (jaxmath or HF token classifier, trained in --format) for --select prm")
+    parser.add_argument("--prm-aggregation", choices=sorted(STEP_AGGREGATIONS), default="min",
+                        help="how a sample's step scores become one score (default min)")
     parser.add_argument("--out", required=True, help="output directory for samples.jsonl and summary.json")
     args = parser.parse_args(argv)
+    if (args.select == "prm") != (args.prm is not None):
+        parser.error("--select prm and --prm PATH go together")
     if args.num_samples > 1 and args.temperature == 0.0:
         print("warning: --num-samples > 1 with greedy decoding gives identical samples", file=sys.stderr)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.min_p, args.seed,
@@ -396,7 +435,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         summary = evaluate(args.model, args.benchmarks, args.out, args.data_dir, args.format, args.num_samples,
                            sampling, args.batch_size, args.limit, args.dtype, args.tokenizer, args.verifier_workers,
-                           args.fallback_last_number, args.repair_rounds)
+                           args.fallback_last_number, args.repair_rounds, args.prm, args.prm_aggregation)
     except (EvaluationError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
-"""`python -m jaxmath.data build ...`: build a training JSONL from named sources, files and generators.
+"""`python -m jaxmath.data build ...`: build a training JSONL from named sources, files and generators;
+`python -m jaxmath.data prm-filter ...`: keep generated solutions that are correct and that a PRM rates highly.
 
     python -m jaxmath.data build --output data/train.jsonl \\
         --hf-datasets gsm8k math svamp aqua_rat --hf-samples 2000 \\
@@ -7,6 +8,7 @@
     python -m jaxmath.data synthesize --teacher http://localhost:8000/v1 --teacher-model NAME \\
         --input data/train.jsonl --output data/pot.jsonl --samples 4
     python -m jaxmath.data revise --teacher ckpt/ --input data/train.jsonl --rounds 2 --output-dir data/revise
+    python -m jaxmath.data prm-filter --in results/samples.jsonl --prm runs/prm/final_model --out kept.jsonl
 """
 from __future__ import annotations
 
@@ -14,15 +16,22 @@ import argparse
 import sys
 
 from jaxmath.data.builder import BuildConfig, build
+from jaxmath.data.formats import FORMATS
 from jaxmath.data.readers import BadRowError, FieldMap
 from jaxmath.data.sources import SOURCES, SourceError, describe_sources
 from jaxmath.synthesis.cli import add_revise_parser, add_synthesize_parser
 from jaxmath.synthesis.cli import run as run_synthesis
 
+# jaxmath.objectives.prm.STEP_AGGREGATIONS, named here so `--help` does not import jax (a test checks they agree).
+PRM_AGGREGATIONS = ("min", "product", "last")
+
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0].strip("`"))
-    commands = parser.add_subparsers(dest="command", metavar="{build,synthesize,revise}")
+    parser = argparse.ArgumentParser(prog=prog, description=(
+        "Build a training JSONL from named sources, files and generators (build); synthesize verified "
+        "program-of-thought solutions with a teacher (synthesize); build revision data (revise); keep the "
+        "generated solutions that are correct and that a process reward model rates highly (prm-filter)."))
+    commands = parser.add_subparsers(dest="command", metavar="{build,synthesize,revise,prm-filter}")
     b = commands.add_parser("build", help="build a training JSONL", description=(
         "Collect records from named sources (the Hub by default, --data-dir for local copies), local files and "
         "synthetic generators; drop bad rows, exact duplicates and questions that overlap evaluation sets; "
@@ -70,7 +79,53 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress output")
     add_synthesize_parser(commands)
     add_revise_parser(commands)
+    f = commands.add_parser("prm-filter", help="keep correct solutions that a PRM scores above a threshold",
+                            description=(
+        "Read solutions (evaluation's samples.jsonl, or rows with question, solution and answer), drop the wrong "
+        "ones, score the rest with a process reward model and keep those whose aggregated step score exceeds "
+        "--threshold; write the kept rows with their prm_score and print how many were dropped and why."))
+    f.add_argument("--in", dest="input", required=True, metavar="PATH", help="input JSONL of solutions")
+    f.add_argument("--prm", required=True, metavar="PATH", help="PRM directory (jaxmath or HF token classifier)")
+    f.add_argument("--out", required=True, metavar="PATH", help="output JSONL of kept rows (written atomically)")
+    f.add_argument("--threshold", type=float, default=0.6, help="keep scores strictly above this (default 0.6)")
+    f.add_argument("--aggregation", choices=PRM_AGGREGATIONS, default="min",
+                   help="how step scores become one score (default min)")
+    f.add_argument("--format", default="boxed", choices=sorted(FORMATS),
+                   help="prompt format the PRM was trained with, and the solutions' answer format (default boxed)")
+    f.add_argument("--batch-size", type=int, default=16, help="traces per PRM forward pass (default 16)")
+    f.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
+    f.add_argument("--verifier-workers", type=int, default=None,
+                   help="grading processes for rows without a verdict (default: CPU cores)")
     return parser
+
+
+def prm_filter_main(args: argparse.Namespace) -> int:
+    """Run `prm-filter`: read, filter, write, print the summary."""
+    import jax
+
+    from jaxmath.checkpoint import CheckpointError
+    from jaxmath.data.readers import SkipLog, file_rows, write_jsonl
+    from jaxmath.parallel import make_mesh
+    from jaxmath.prm.filter import prm_filter
+    from jaxmath.prm.scorer import PRMScorer
+    from jaxmath.verify import Verifier
+
+    try:
+        located = list(file_rows(args.input, SkipLog(strict=True)))
+        print(f"read {len(located)} solutions from {args.input}", file=sys.stderr, flush=True)
+        mesh = make_mesh()
+        scorer = PRMScorer.from_pretrained(args.prm, args.format, args.dtype, mesh, batch_size=args.batch_size)
+        with Verifier(workers=args.verifier_workers) as verifier, jax.set_mesh(mesh):
+            result = prm_filter([r.row for r in located], scorer, threshold=args.threshold, how=args.aggregation,
+                                verifier=verifier, names=[r.where for r in located])
+        write_jsonl(result.kept, args.out)
+    except (BadRowError, CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _config(args: argparse.Namespace) -> BuildConfig:
@@ -96,6 +151,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("synthesize", "revise"):
         return run_synthesis(args)
+    if args.command == "prm-filter":
+        return prm_filter_main(args)
     if args.command != "build":
         parser.print_help()
         return 2

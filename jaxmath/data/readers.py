@@ -264,14 +264,19 @@ def read_records(path: str | os.PathLike, field_map: FieldMap | None = None, *, 
 
 def write_records(records: Iterable[Record], path: str | os.PathLike) -> int:
     """Write records as JSONL atomically (temporary file, then rename); returns how many were written."""
+    return write_jsonl((record.to_dict() for record in records), path)
+
+
+def write_jsonl(rows: Iterable[Row], path: str | os.PathLike) -> int:
+    """Write JSON objects one a line, atomically (temporary file, then rename); returns how many were written."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     count = 0
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 count += 1
         os.replace(tmp, path)
     finally:

@@ -1,0 +1,40 @@
+"""A GRPO reward from a process reward model: each completion's aggregated step score (P(good) in [0, 1]).
+
+`prm_step_bonus(scorer, how="min")` returns a function with the reward signature
+`f(completions, examples) -> float32[n]` of `jaxmath.verify.rewards`, to be weighted next to correctness
+(an optional step-quality bonus). A completion without steps scores 0.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from jaxmath.data.schema import Record
+from jaxmath.objectives.prm import STEP_AGGREGATIONS
+from jaxmath.prm.scorer import PRMScorer
+from jaxmath.verify.rewards import RewardFn
+
+
+def _question(example: Record | Mapping[str, Any], index: int) -> str:
+    question = example.question if isinstance(example, Record) else \
+        example.get("question") if isinstance(example, Mapping) else None
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"example {index} has no 'question' for the PRM to read: {str(example)[:200]}")
+    return question
+
+
+def prm_step_bonus(scorer: PRMScorer, how: str = "min") -> RewardFn:
+    """A reward function scoring each completion by its `how`-aggregated PRM step scores."""
+    if how not in STEP_AGGREGATIONS:
+        raise ValueError(f"unknown step aggregation {how!r}; choose one of {sorted(STEP_AGGREGATIONS)}")
+
+    def prm_bonus(completions: Sequence[str], examples: Sequence[Record | Mapping[str, Any]]) -> np.ndarray:
+        """Aggregated PRM step score of each completion (0 without steps)."""
+        if len(completions) != len(examples):
+            raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
+        questions = [_question(example, i) for i, example in enumerate(examples)]
+        scores = scorer.aggregate(scorer.score_solutions(questions, list(completions)), how)
+        return np.asarray([0.0 if s is None else s for s in scores], np.float32)
+
+    return prm_bonus
