@@ -134,6 +134,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     JAXMATH_DISTRIBUTED=auto makes jax detect the cluster itself (Cloud TPU pod slices: launch/tpu_pod.sh
     sets it). Returns True when JAX runs as several processes; a lone process with nothing set is a no-op.
     """
+    if jax.distributed.is_initialized():  # e.g. a launcher started it before calling the trainer
+        return jax.process_count() > 1
     coordinator_address = coordinator_address or os.environ.get("JAXMATH_COORDINATOR")
     if num_processes is None and "JAXMATH_NUM_PROCESSES" in os.environ:
         num_processes = int(os.environ["JAXMATH_NUM_PROCESSES"])

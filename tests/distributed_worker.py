@@ -76,6 +76,24 @@ def train_losses() -> list[float]:
     return losses
 
 
+def grpo_losses(output_dir: str) -> list[float]:
+    """Update losses of 2 GRPO iterations (rollouts sharded over both processes) of the tiny loop test config."""
+    from test_grpo_loop import tiny
+
+    from jaxmath.train.rl import train_grpo
+
+    config = tiny(mesh={"data": 2, "fsdp": 4, "tensor": 1}, train={"steps": 2, "save_every": 0},
+                  grpo={"ref_refresh_every": 0})
+    train_grpo(config, output_dir, progress=False)
+    import jax
+    from jax.experimental import multihost_utils
+    # Only process 0 writes metrics.jsonl; every process gets its losses through a broadcast.
+    rows = []
+    if jax.process_index() == 0:
+        rows = [json.loads(line)["loss"] for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [float(x) for x in multihost_utils.broadcast_one_to_all(np.asarray(rows or [0.0, 0.0]))]
+
+
 def main() -> int:
     from jaxmath.parallel import initialize_distributed
 
@@ -84,7 +102,7 @@ def main() -> int:
         return 2
     import jax
 
-    losses = train_losses()
+    losses = grpo_losses(sys.argv[2]) if sys.argv[1:2] == ["grpo"] else train_losses()
     print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(), "losses": losses}), flush=True)
     jax.distributed.shutdown()
     return 0
