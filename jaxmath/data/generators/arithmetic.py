@@ -44,22 +44,29 @@ def add_or_sub(rng: random.Random) -> Problem:
     return Problem(question.format(a=_text(a), b=_paren(b)), _text(value), plain_number(value), line)
 
 
-def _small_sum(rng: random.Random, high: int) -> Problem:
+def _column_sum(rng: random.Random, high: int) -> Problem:
+    """a + b worked column by column (units, then tens with the carry), as a person does it on paper."""
     a, b = rng.randint(0, high), rng.randint(0, high)
     question = rng.choice(["What is {a} + {b}?", "Add {a} and {b}.", "Calculate {a} + {b}."])
-    return Problem(question.format(a=a, b=b), str(a + b), str(a + b), f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}")
+    units = a % 10 + b % 10
+    lines = [f"Units: {a % 10} + {b % 10} = <<{a % 10}+{b % 10}={units}>>{units}"]
+    if high > 9:
+        tens = a // 10 + b // 10 + units // 10
+        lines.append(f"Tens: {a // 10} + {b // 10} + {units // 10} = <<{a // 10}+{b // 10}+{units // 10}={tens}>>{tens}")
+    lines.append(f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}")
+    return Problem(question.format(a=a, b=b), str(a + b), str(a + b), "\n".join(lines))
 
 
 @register("arithmetic__add_small", "arithmetic")
 def add_small(rng: random.Random) -> Problem:
-    """Two-digit addition (0-99 + 0-99): learnable by a tiny model in minutes, the demo's curriculum."""
-    return _small_sum(rng, 99)
+    """Two-digit addition (0-99 + 0-99) in columns: learnable by a tiny model in minutes (the demo's task)."""
+    return _column_sum(rng, 99)
 
 
 @register("arithmetic__add_digits", "arithmetic")
 def add_digits(rng: random.Random) -> Problem:
     """One-digit addition (0-9 + 0-9): the quickest curriculum, for tests of the training loops."""
-    return _small_sum(rng, 9)
+    return _column_sum(rng, 9)
 
 
 @register("arithmetic__mul", "arithmetic")
