@@ -262,8 +262,8 @@ def read_records(path: str | os.PathLike, field_map: FieldMap | None = None, *, 
     return records
 
 
-def write_records(records: Iterable[Record], path: str | os.PathLike) -> int:
-    """Write records as JSONL atomically (temporary file, then rename); returns how many were written."""
+def write_records(records: Iterable[Record | Mapping[str, Any]], path: str | os.PathLike) -> int:
+    """Write records (or plain rows) as JSONL atomically (temporary file, then rename); returns how many."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -271,7 +271,8 @@ def write_records(records: Iterable[Record], path: str | os.PathLike) -> int:
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
             for record in records:
-                handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+                row = record.to_dict() if isinstance(record, Record) else dict(record)
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 count += 1
         os.replace(tmp, path)
     finally:
