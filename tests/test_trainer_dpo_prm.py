@@ -24,7 +24,8 @@ from tiny_hf import save_tiny, tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 DPO = ROOT / "configs" / "dpo" / "tiny-cpu.yaml"
 PRM = ROOT / "configs" / "prm" / "tiny-cpu.yaml"
-DATA = {DPO: ROOT / "tests" / "fixtures" / "dpo" / "pairs.jsonl", PRM: ROOT / "tests" / "fixtures" / "prm" / "traces.jsonl"}
+FIXTURES = ROOT / "tests" / "fixtures"
+DATA = {DPO: FIXTURES / "dpo" / "pairs.jsonl", PRM: FIXTURES / "prm" / "traces.jsonl"}
 
 
 def config(path, **extra):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import collections
 import dataclasses
+import os
 import random
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -177,7 +178,7 @@ def group_samples(rows: Iterable[Located], skips: SkipLog,
         try:
             if "completions" in row:
                 question, completions, verdicts = row.get("question"), row["completions"], _verdicts(row)
-                row_id = str(row.get("id") or where)
+                row_id = str(row.get("id") or os.path.basename(where))
             else:
                 if not isinstance(row.get("completion"), str) or row.get("verdict") not in VERDICTS:
                     raise BadRow("not a sample", "expected 'completions' + 'correct', or a samples.jsonl row "

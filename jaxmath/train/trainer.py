@@ -161,7 +161,8 @@ def make_pipeline(run: Run, split: str, ordered: bool = False) -> Pipeline:
     endless = split == "train" and not ordered
     options = PipelineOptions(seed=config.data.seed, num_epochs=None if endless else 1, shuffle=endless,
                               strict=config.data.strict)
-    return run.task.pipeline(config, rows, run.tokenizer, options, None if ordered else run.reference_tables.get(split))
+    reference = None if ordered else run.reference_tables.get(split)
+    return run.task.pipeline(config, rows, run.tokenizer, options, reference)
 
 
 # ---------------------------------------------------------------- the run
