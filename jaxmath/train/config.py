@@ -135,9 +135,9 @@ class TrainConfig:
                 raise ValueError(f"a {name} section is set but objective is {self.objective!r}")
             if self.objective == name and getattr(self, name) is None:
                 object.__setattr__(self, name, section())
-        if self.train.eval_generate and self.objective != "sft":
-            raise ValueError(f"train.eval_generate (graded generation) needs records with answers: objective sft "
-                             f"only, not {self.objective!r}")
+        if self.train.eval_generate and self.objective in ("dpo", "prm"):
+            raise ValueError(f"train.eval_generate (graded generation) needs records with answers, which objective "
+                             f"{self.objective} does not read")
         if self.data.batch_size % self.optimizer.grad_accum:
             raise ValueError(f"data.batch_size={self.data.batch_size} is not a multiple of "
                              f"optimizer.grad_accum={self.optimizer.grad_accum}")
