@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Does each shipped SFT config fit one A100 40 GB? Compile its train step for the real model's shapes and
-print per-device memory (`jaxmath.train.trainer.dry_run`, i.e. `compiled.memory_analysis()`).
+"""Does each shipped SFT / DPO / PRM config fit one A100 40 GB? Compile its train step for the real model's
+shapes and print per-device memory (`jaxmath.train.trainer.dry_run`, i.e. `compiled.memory_analysis()`).
 
 The published config.json of each model is written into a temporary directory (nothing is downloaded) and
 model.path is pointed there; the mesh is one device. The step is compiled by this machine's backend: on a
@@ -12,7 +12,7 @@ the children therefore compile with that pass disabled (--keep-cpu-licm restores
 Each config compiles in its own process, so one that runs out of host memory does not stop the others.
 
     python bench/memory.py                                   # every shipped config
-    python bench/memory.py --configs qwen2.5-math-1.5b --set data.seq_len=2048
+    python bench/memory.py --configs sft/qwen2.5-math-1.5b --set data.seq_len=2048
 """
 from __future__ import annotations
 
@@ -55,11 +55,13 @@ HF_CONFIGS: dict[str, dict[str, Any]] = {
         use_cache=True),
 }
 
-# Shipped config (configs/sft/<name>.yaml) -> the Hub model its model.path names.
+# Shipped config (configs/<stage>/<name>.yaml) -> the Hub model its model.path names.
 SHIPPED: dict[str, str] = {
-    "qwen2.5-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
-    "qwen2.5-0.5b-instruct": "Qwen/Qwen2.5-0.5B-Instruct",
-    "deepseek-math-7b-lora": "deepseek-ai/deepseek-math-7b-instruct",
+    "sft/qwen2.5-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
+    "sft/qwen2.5-0.5b-instruct": "Qwen/Qwen2.5-0.5B-Instruct",
+    "sft/deepseek-math-7b-lora": "deepseek-ai/deepseek-math-7b-instruct",
+    "dpo/qwen2.5-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
+    "prm/qwen2.5-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
 }
 
 
@@ -69,11 +71,11 @@ def measure(name: str, overrides: list[str]) -> dict[str, Any]:
     from jaxmath.train.config import TrainConfig
     from jaxmath.train.trainer import dry_run
 
-    with tempfile.TemporaryDirectory(prefix=f"jaxmath_memory_{name}_") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"jaxmath_memory_{name.replace('/', '_')}_") as tmp:
         model_dir = Path(tmp) / "model"
         model_dir.mkdir()
         (model_dir / "config.json").write_text(json.dumps(HF_CONFIGS[SHIPPED[name]], indent=2))
-        path = ROOT / "configs" / "sft" / f"{name}.yaml"
+        path = ROOT / "configs" / f"{name}.yaml"
         config = load_config(TrainConfig, path, [f"model.path={model_dir}", "mesh.data=1", "mesh.fsdp=1",
                                                  "mesh.tensor=1", *overrides])
         start = time.perf_counter()
@@ -108,11 +110,11 @@ def run_child(name: str, overrides: list[str], timeout: float, keep_cpu_licm: bo
 
 def print_row(name: str, report: dict[str, Any], budget_gib: float) -> None:
     if "error" in report:
-        print(f"{name:<24} ERROR {report['error']}", flush=True)
+        print(f"{name:<26} ERROR {report['error']}", flush=True)
         return
     peak = report["peak_gib_per_device"]
     verdict = "fits" if peak <= budget_gib else "DOES NOT FIT"
-    print(f"{name:<24} {report['micro_batch']:>10} {report['params_gib_total']:>7.2f} "
+    print(f"{name:<26} {report['micro_batch']:>10} {report['params_gib_total']:>7.2f} "
           f"{report['optimizer_gib_total']:>7.2f} {report['argument_gib_per_device']:>7.2f} "
           f"{report['temp_gib_per_device']:>7.2f} {peak:>7.2f} {peak / budget_gib:>6.0%}  {verdict:<12} "
           f"{report['compile_s']:>6.0f} {report['host_peak_rss_gib']:>6.1f}", flush=True)
@@ -133,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(measure(args.child, args.set)))
         return 0
-    print(f"per-device memory of one SFT train step, 1-device mesh, vs {args.budget_gib:.0f} GiB "
+    print(f"per-device memory of one train step, 1-device mesh, vs {args.budget_gib:.0f} GiB "
           "(params/optimizer: whole state; args/temp/peak: per device)")
-    print(f"{'config':<24} {'micro':>10} {'params':>7} {'optim':>7} {'args':>7} {'temp':>7} {'peak':>7} "
+    print(f"{'config':<26} {'micro':>10} {'params':>7} {'optim':>7} {'args':>7} {'temp':>7} {'peak':>7} "
           f"{'budget':>6}  {'verdict':<12} {'comp s':>6} {'rss':>6}")
     failed = 0
     for name in args.configs:
-        print(f"{name:<24} compiling ...", flush=True)
+        print(f"{name:<26} compiling ...", flush=True)
         report = run_child(name, args.set, args.timeout, args.keep_cpu_licm)
         print_row(name, report, args.budget_gib)
         failed += "error" in report

@@ -3,11 +3,12 @@
     jaxmath convert hf-to-jax --hf path/to/hf_dir --out ckpt/ [--dtype bfloat16]
     jaxmath convert jax-to-hf --ckpt ckpt/ --out hf_out/ [--dtype bfloat16] [--max-shard-size 5GB]
     jaxmath demo [--output-dir runs/demo]   the whole loop on a CPU in minutes, nothing downloaded
-    jaxmath train --config configs/sft/tiny-cpu.yaml [--set key=value] [--resume] [--dry-run]
+    jaxmath train --config configs/{sft,dpo,prm}/tiny-cpu.yaml [--set key=value] [--resume] [--dry-run]
     jaxmath data build ...            (see `jaxmath data build --help`)
     jaxmath data synthesize --teacher URL_OR_PATH --input problems.jsonl --output pot.jsonl
     jaxmath data revise --teacher URL_OR_PATH --input problems.jsonl --rounds 2 --output-dir revise/
     jaxmath data prm-filter --in samples.jsonl --prm prm_dir --out kept.jsonl [--threshold 0.6]
+    jaxmath data pairs ...            DPO pairs from graded samples (see `jaxmath data pairs --help`)
     jaxmath eval --model ckpt_or_hf_dir --benchmarks gsm8k math500 --data-dir ../shared/data --out results/
                  [--repair-rounds R]
     jaxmath generate --model ckpt_or_hf_dir --prompt "What is 17 * 23?" [--max-new-tokens 256]

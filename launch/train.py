@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Train with a YAML config (SFT today; GRPO, PRM and DPO share the same loop and step factory).
+"""Train with a YAML config: SFT, DPO and PRM share the same loop and step factory (`objective:`).
 
     python launch/train.py --config configs/sft/tiny-cpu.yaml
     python launch/train.py --config configs/sft/qwen2.5-math-1.5b.yaml --set optimizer.lr=1e-5
     python launch/train.py --config configs/sft/qwen2.5-math-1.5b.yaml --resume
     python launch/train.py --config configs/sft/deepseek-math-7b-lora.yaml --dry-run   # memory per device
+    python launch/train.py --config configs/dpo/tiny-cpu.yaml                          # preference pairs
+    python launch/train.py --config configs/prm/tiny-cpu.yaml                          # process reward model
 
 Multi-host: the same command on every host; jax.distributed starts from the SLURM / TPU environment
 (see launch/slurm_gpu.sbatch and launch/tpu_pod.sh) or JAXMATH_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID.

@@ -192,3 +192,30 @@ def test_command_line_scripts(hf_dir, tmp_path):
     assert len(list((tmp_path / "out").glob("model-*.safetensors"))) > 1
     failed = run("convert/hf_to_jax.py", "--hf", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert failed.returncode == 1 and "nowhere" in failed.stderr
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_causal_lm_loads_under_a_fresh_classification_head(tmp_path, tied):
+    """The PRM's starting point: the LM's decoder verbatim (HF or jaxmath directory), a new 2-label head."""
+    import torch
+
+    hf = tiny_model("qwen2", tie_word_embeddings=tied)
+    src = save_tiny(hf, tmp_path / "hf")
+    jaxmath.convert_hf_to_jax(src, tmp_path / "jax")
+    ids, mask = left_padded_batch()
+    with torch.no_grad():
+        hidden = hf.model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                          position_ids=torch.tensor(np.clip(mask.cumsum(1) - 1, 0, None))).last_hidden_state.numpy()
+    real = mask.astype(bool)
+    for source in (src, tmp_path / "jax"):
+        model = jaxmath.from_pretrained(source, num_labels=2)
+        assert type(model).__name__ == "TokenClassifier" and model.config.num_labels == 2
+        np.testing.assert_allclose(np.asarray(model.model(ids, attention_mask=mask))[real], hidden[real], atol=1e-5)
+        assert model.score[...].shape == (64, 2) and not np.asarray(model.score_bias[...]).any()
+        assert 0.01 < float(np.std(np.asarray(model.score[...]))) < 0.03  # normal(0.02), as transformers inits
+    out = jaxmath.export_to_hf(model, tmp_path / "out", hf_config=hf.config.to_dict())
+    reloaded = transformers.AutoModelForTokenClassification.from_pretrained(out).eval()
+    np.testing.assert_allclose(hf_logits(reloaded, ids, mask)[real], np.asarray(model(ids, attention_mask=mask))[real],
+                               atol=1e-4)
+    with pytest.raises(ValueError, match="num_labels=0"):
+        jaxmath.from_pretrained(out, num_labels=0)

@@ -191,13 +191,32 @@ def test_rl_prompts_come_in_left_padded_groups(tokenizer):
 def test_preference_pairs_share_the_prompt(tokenizer):
     pairs = [{"question": "What is 2+3?", "chosen": "#### 5", "rejected": "#### 6"}]
     batch = next(iter(preference_pipeline(pairs, tokenizer, FMT, seq_len=SEQ // 4, batch_size=2, options=ONE_SHARD)))
+    assert "ref_chosen_logps" not in batch
     prompt = render_prompt(FMT, "What is 2+3?", tokenizer)
     for side, text in (("chosen", "#### 5"), ("rejected", "#### 6")):
-        b = batch[side]
-        assert b["input_ids"].shape == (2, SEQ // 4) and not b["segment_ids"][1].any()  # 2nd row is padding
-        real = b["segment_ids"][0] == 1
-        assert tokenizer.decode(b["input_ids"][0][real & (b["loss_mask"][0] == 0)]) == prompt
-        assert tokenizer.decode(b["input_ids"][0][b["loss_mask"][0] == 1]) == text + "<|im_end|>\n"
+        ids, mask, loss_mask = (batch[f"{side}_{key}"] for key in ("input_ids", "attention_mask", "loss_mask"))
+        assert ids.shape == mask.shape == loss_mask.shape == (2, SEQ // 4) and not mask[1].any()  # 2nd row: padding
+        real = mask[0] == 1
+        assert tokenizer.decode(ids[0][real & (loss_mask[0] == 0)]) == prompt
+        assert tokenizer.decode(ids[0][loss_mask[0] == 1]) == text + "<|im_end|>\n"
+
+
+def test_preference_pairs_carry_their_reference_log_probs(tokenizer):
+    pairs = [{"question": f"What is {i}+3?", "chosen": f"#### {i + 3}", "rejected": "#### 0"} for i in range(5)]
+    pairs.insert(2, {"question": "no rejected side", "chosen": "#### 1"})  # skipped: the reference skips it too
+    reference = -np.arange(10, dtype=np.float32).reshape(5, 2)
+    with pytest.warns(BadRowWarning):
+        batches = list(preference_pipeline(pairs, tokenizer, FMT, seq_len=SEQ // 4, batch_size=3,
+                                           options=PipelineOptions(shuffle=False, shard_index=0, shard_count=1),
+                                           reference_logps=reference))
+    assert [b["ref_chosen_logps"].tolist() for b in batches] == [[0, -2, -4], [-6, -8, 0]]
+    assert [b["ref_rejected_logps"].tolist() for b in batches] == [[-1, -3, -5], [-7, -9, 0]]
+    chosen = [tokenizer.decode(b["chosen_input_ids"][r][b["chosen_loss_mask"][r] == 1]) for b in batches
+              for r in range(3)]
+    assert chosen[:5] == [f"#### {i + 3}<|im_end|>\n" for i in range(5)]  # row k <-> reference row k
+    with pytest.raises(ValueError, match=r"expected \(5, 2\)"), pytest.warns(BadRowWarning):
+        preference_pipeline(pairs, tokenizer, FMT, seq_len=SEQ // 4, batch_size=3, options=ONE_SHARD,
+                            reference_logps=reference[:4])
 
 
 def test_prm_labels_sit_on_each_steps_last_token(tokenizer):
@@ -211,6 +230,9 @@ def test_prm_labels_sit_on_each_steps_last_token(tokenizer):
     assert tokenizer.decode(ids[positions[0] + 1: positions[1] + 1]) == steps[1] + STEP_SEPARATOR
     assert positions[1] + 1 == batch["segment_ids"][0].sum()
     assert batch["step_labels"].tolist() == [[1, 0, 0]] and batch["step_mask"].tolist() == [[1, 1, 0]]
+    labels = batch["labels"][0]
+    assert labels.shape == (SEQ // 2,) and labels[positions[0]] == 1 and labels[positions[1]] == 0
+    assert (labels == -1).sum() == SEQ // 2 - 2  # prm_loss reads only the two step ends
 
 
 def bad_rows():

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -22,8 +22,8 @@ from jaxmath.checkpoint.convert import (PathTuple, iter_hf_to_jax, model_config_
                                         write_hf_checkpoint)
 from jaxmath.checkpoint.hf_io import CheckpointError, HFCheckpointReader, atomic_directory
 from jaxmath.models.config import ModelConfig
-from jaxmath.models.lora import init_lora_params, is_lora_path
-from jaxmath.models.transformer import CausalLM, TokenClassifier, build_model
+from jaxmath.models.lora import is_lora_path
+from jaxmath.models.transformer import HEAD_PARAMS, CausalLM, TokenClassifier, build_model, init_params
 from jaxmath.parallel import named_sharding
 
 FORMAT = "jaxmath.model"
@@ -67,20 +67,39 @@ def _nest(flat: Mapping[PathTuple, Any]) -> dict[str, Any]:
     return tree
 
 
-def _assemble(config: ModelConfig, arrays: Iterable[tuple[PathTuple, Any]], mesh: Mesh | None) -> Model:
-    """A model from (path, host array) pairs; LoRA adapters the source lacks are freshly initialised."""
+def _assemble(config: ModelConfig, arrays: Iterable[tuple[PathTuple, Any]], mesh: Mesh | None,
+              new_head: bool = False) -> Model:
+    """A model from (path, host array) pairs. Freshly initialised: LoRA adapters the source lacks, and with
+    `new_head` the output head (a causal LM's decoder under a new classification head)."""
     graphdef, state, variables = _abstract(config)
     placed = {}
     for path, host in arrays:
         placed[path] = _place(host, _sharding(variables[path], mesh))
+    fresh = {p for p in variables if new_head and p[0] in HEAD_PARAMS}
     if config.lora_rank and not any(is_lora_path(p) for p in placed):
-        for path, value in traverse_util.flatten_dict(init_lora_params(config)).items():
+        fresh |= {p for p in variables if is_lora_path(p)}
+    if fresh:
+        for path, value in traverse_util.flatten_dict(init_params(config, fresh.__contains__)).items():
             placed[path] = _place(np.asarray(value), _sharding(variables[path], mesh))
     missing = sorted("/".join(p) for p in variables if p not in placed)
     if missing:
         raise CheckpointError(f"parameters missing after loading: {missing[:5]}")
     nnx.replace_by_pure_dict(state, _nest(placed))
     return nnx.merge(graphdef, state)
+
+
+def _reheaded(config: ModelConfig, num_labels: int | None) -> tuple[ModelConfig, bool]:
+    """(target config, whether its head is new) for loading a checkpoint of `config` with `num_labels`."""
+    if num_labels is None or num_labels == config.num_labels:
+        return config, False
+    if num_labels <= 0:
+        raise ValueError(f"num_labels={num_labels}: a checkpoint can only be loaded under a classification "
+                         "head (num_labels > 0)")
+    return config.replace(num_labels=num_labels), True
+
+
+def _without_head(arrays: Iterable[tuple[PathTuple, Any]]) -> Iterator[tuple[PathTuple, Any]]:
+    return ((path, array) for path, array in arrays if path[0] not in HEAD_PARAMS)
 
 
 def _runtime(dtype: str, param_dtype: str | None, runtime: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,21 +111,25 @@ def _runtime(dtype: str, param_dtype: str | None, runtime: Mapping[str, Any]) ->
 
 
 def from_pretrained(path: str | Path, dtype: str = "float32", mesh: Mesh | None = None,
-                    param_dtype: str | None = None, **runtime: Any) -> Model:
+                    param_dtype: str | None = None, num_labels: int | None = None, **runtime: Any) -> Model:
     """Load a model from a HF checkpoint directory or a jaxmath model directory.
 
     `dtype` is the compute dtype and, unless `param_dtype` is given, the parameter dtype. With a mesh,
     every parameter is placed straight onto it per the logical-axis rules (each device holds its shard).
+    `num_labels` different from the checkpoint's (0 for a causal LM) loads its decoder under a freshly
+    initialised classification head of that many labels (a PRM started from a language model).
     Extra options: remat, attention_impl, and lora_rank / lora_alpha / lora_dropout / lora_targets to add
     freshly initialised LoRA adapters to a checkpoint that has none.
     """
     path = Path(path)
     options = _runtime(dtype, param_dtype, runtime)
     if is_jaxmath_dir(path):
-        return _load_jaxmath(path, mesh, options)
+        return _load_jaxmath(path, mesh, options, num_labels)
     reader = HFCheckpointReader(path)
-    config = model_config_from_hf(reader.config, **options)
-    return _assemble(config, iter_hf_to_jax(reader, config, config.param_dtype), mesh)
+    source = model_config_from_hf(reader.config, **options)
+    config, new_head = _reheaded(source, num_labels)
+    arrays = iter_hf_to_jax(reader, source, source.param_dtype)
+    return _assemble(config, _without_head(arrays) if new_head else arrays, mesh, new_head)
 
 
 def read_marker(path: Path) -> dict[str, Any]:
@@ -119,7 +142,7 @@ def read_marker(path: Path) -> dict[str, Any]:
     return marker
 
 
-def _load_jaxmath(path: Path, mesh: Mesh | None, options: Mapping[str, Any]) -> Model:
+def _load_jaxmath(path: Path, mesh: Mesh | None, options: Mapping[str, Any], num_labels: int | None = None) -> Model:
     marker = read_marker(path)
     saved = ModelConfig(**{**marker["model_config"], **{k: v for k, v in options.items() if k in RUNTIME_FIELDS}})
     config = saved.replace(**{k: v for k, v in options.items() if k in LORA_FIELDS})
@@ -136,7 +159,9 @@ def _load_jaxmath(path: Path, mesh: Mesh | None, options: Mapping[str, Any]) -> 
         restored = ocp.StandardCheckpointer().restore(params_dir, target)
     except Exception as err:
         raise CheckpointError(f"{params_dir}: cannot restore parameters ({err})") from err
-    return _assemble(config, traverse_util.flatten_dict(restored).items(), mesh)
+    arrays = traverse_util.flatten_dict(restored).items()
+    config, new_head = _reheaded(config, num_labels)
+    return _assemble(config, _without_head(arrays) if new_head else arrays, mesh, new_head)
 
 
 def hf_config_of(path: Path) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """`python -m jaxmath.data build ...`: build a training JSONL from named sources, files and generators;
 `python -m jaxmath.data prm-filter ...`: keep generated solutions that are correct and that a PRM rates highly.
+`python -m jaxmath.data pairs ...`: build DPO preference pairs from sampled, graded completions.
 
     python -m jaxmath.data build --output data/train.jsonl \\
         --hf-datasets gsm8k math svamp aqua_rat --hf-samples 2000 \\
@@ -9,6 +10,7 @@
         --input data/train.jsonl --output data/pot.jsonl --samples 4
     python -m jaxmath.data revise --teacher ckpt/ --input data/train.jsonl --rounds 2 --output-dir data/revise
     python -m jaxmath.data prm-filter --in results/samples.jsonl --prm runs/prm/final_model --out kept.jsonl
+    python -m jaxmath.data pairs --input results/samples.jsonl --data-dir ../shared/data --output data/dpo/pairs.jsonl
 """
 from __future__ import annotations
 
@@ -29,9 +31,10 @@ PRM_AGGREGATIONS = ("min", "product", "last")
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=(
         "Build a training JSONL from named sources, files and generators (build); synthesize verified "
-        "program-of-thought solutions with a teacher (synthesize); build revision data (revise); keep the "
-        "generated solutions that are correct and that a process reward model rates highly (prm-filter)."))
-    commands = parser.add_subparsers(dest="command", metavar="{build,synthesize,revise,prm-filter}")
+        "program-of-thought solutions with a teacher (synthesize); build revision data (revise); build DPO pairs "
+        "from graded samples (pairs); keep the generated solutions that are correct and that a process reward "
+        "model rates highly (prm-filter)."))
+    commands = parser.add_subparsers(dest="command", metavar="{build,synthesize,revise,pairs,prm-filter}")
     b = commands.add_parser("build", help="build a training JSONL", description=(
         "Collect records from named sources (the Hub by default, --data-dir for local copies), local files and "
         "synthetic generators; drop bad rows, exact duplicates and questions that overlap evaluation sets; "
@@ -97,6 +100,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                    help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     f.add_argument("--verifier-workers", type=int, default=None,
                    help="grading processes for rows without a verdict (default: CPU cores)")
+    _pairs_parser(commands)
     return parser
 
 
@@ -128,6 +132,43 @@ def prm_filter_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs_parser(commands: argparse._SubParsersAction) -> None:
+    from jaxmath.data.pairs import KINDS, PairConfig
+
+    defaults = PairConfig()
+    p = commands.add_parser("pairs", help="build DPO preference pairs from graded samples", description=(
+        "Pair each question's sampled completions: correct vs incorrect, and concise vs verbose among the correct "
+        "ones (length after stripping comments and print statements from programs). Inputs are samples.jsonl "
+        "from `jaxmath eval`, or rows {question, completions, correct}. Writes {id, question, chosen, rejected, "
+        "kind} rows for objective dpo."), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", action="append", required=True, metavar="PATH",
+                   help="a .jsonl/.parquet file of graded samples (repeatable)")
+    p.add_argument("--output", required=True, help="output JSONL path (written atomically)")
+    p.add_argument("--data-dir", default=None,
+                   help="directory of local benchmark copies for the questions of samples.jsonl rows (None: the Hub)")
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(defaults.kinds), help="pair kinds to build")
+    p.add_argument("--max-pairs-per-question", type=int, default=defaults.max_pairs_per_question)
+    p.add_argument("--min-length-ratio", type=float, default=defaults.min_length_ratio,
+                   help="a verbose solution is at least this many times as long as the concise one")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--strict", action="store_true", help="stop at the first bad row, naming its file and line")
+
+
+def _pairs(args: argparse.Namespace) -> None:
+    from jaxmath.data.pairs import PairConfig, benchmark_questions, build_pairs, group_samples
+    from jaxmath.data.readers import SkipLog, file_rows, write_records
+
+    config = PairConfig(kinds=tuple(dict.fromkeys(args.kinds)), max_pairs_per_question=args.max_pairs_per_question,
+                        min_length_ratio=args.min_length_ratio, seed=args.seed)
+    skips = SkipLog(strict=args.strict)
+    rows = [row for path in args.input for row in file_rows(path, skips)]
+    questions = benchmark_questions(rows, args.data_dir)
+    pairs, stats = build_pairs(group_samples(rows, skips, questions), config)
+    skips.warn()
+    write_records(pairs, args.output)
+    print(f"wrote {args.output}: {stats.summary()}", file=sys.stderr)
+
+
 def _config(args: argparse.Namespace) -> BuildConfig:
     from jaxmath.data import generators
 
@@ -153,6 +194,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return run_synthesis(args)
     if args.command == "prm-filter":
         return prm_filter_main(args)
+    if args.command == "pairs":
+        try:
+            _pairs(args)
+        except (BadRowError, FileNotFoundError, ValueError, RuntimeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
     if args.command != "build":
         parser.print_help()
         return 2

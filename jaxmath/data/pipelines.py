@@ -21,6 +21,7 @@ from jaxmath.data.encode import as_record, encode_preference, encode_prm, encode
 from jaxmath.data.formats import PromptFormat
 from jaxmath.data.readers import SkipLog
 from jaxmath.data.schema import BadRow, Record
+from jaxmath.objectives.prm import IGNORE_LABEL
 
 Row = Record | Mapping[str, Any]
 Example = dict[str, Any]
@@ -211,11 +212,15 @@ def rl_prompt_pipeline(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase, 
 
 def preference_pipeline(rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase,
                         fmt: PromptFormat, *, seq_len: int, batch_size: int,
-                        options: PipelineOptions = PipelineOptions()) -> Pipeline:
-    """DPO batches `{"chosen": b, "rejected": b}`, each b an unpacked SFT batch of the pair's one side.
+                        options: PipelineOptions = PipelineOptions(),
+                        reference_logps: np.ndarray | None = None) -> Pipeline:
+    """DPO batches in the layout of `jaxmath.objectives.dpo`: `{side}_input_ids`, `{side}_attention_mask`,
+    `{side}_loss_mask` [batch_size, seq_len] int32 for side in chosen, rejected (row r of both is one pair).
 
-    Rows are `{"question", "chosen", "rejected"}` (see jaxmath.data.encode); row r of both sides is
-    the same pair. A last partial batch is filled with padding rows.
+    Rows are `{"question", "chosen", "rejected"}` (see jaxmath.data.encode). `reference_logps` [n, 2]
+    (chosen, rejected), one row per usable example of this shard in row order (as an unshuffled single
+    epoch of this pipeline yields them), adds `ref_chosen_logps` / `ref_rejected_logps` [batch_size]
+    float32. A last partial batch is filled with padding rows (no real tokens, reference 0).
     """
     pad_id = tokenizer.pad_token_id or 0
 
@@ -225,21 +230,37 @@ def preference_pipeline(rows: Sequence[Mapping[str, Any]], tokenizer: PreTrained
         return pair
 
     def collate(batch: Sequence[Example]) -> dict[str, Any]:
-        return {side: _padded_rows([pair[side] for pair in batch], batch_size, seq_len, pad_id)
-                for side in ("chosen", "rejected")}
+        out = {}
+        for side in ("chosen", "rejected"):
+            rows = _padded_rows([pair[side] for pair in batch], batch_size, seq_len, pad_id)
+            out.update({f"{side}_input_ids": rows["input_ids"], f"{side}_attention_mask": rows["segment_ids"],
+                        f"{side}_loss_mask": rows["loss_mask"]})
+            if "reference" in batch[0]:
+                logps = np.zeros(batch_size, np.float32)
+                logps[:len(batch)] = [pair["reference"][side] for pair in batch]
+                out[f"ref_{side}_logps"] = logps
+        return out
 
     examples, skipped = prepare(rows, encode, options, "DPO pairs")
+    if reference_logps is not None:
+        reference_logps = np.asarray(reference_logps, np.float32)
+        if reference_logps.shape != (len(examples), 2):
+            raise ValueError(f"reference_logps has shape {reference_logps.shape}, but this shard has "
+                             f"{len(examples)} usable pairs: expected ({len(examples)}, 2)")
+        examples = [{**pair, "reference": {"chosen": float(c), "rejected": float(r)}}
+                    for pair, (c, r) in zip(examples, reference_logps)]
     return Pipeline(stream(examples, options).batch(batch_size, batch_fn=collate), len(examples), skipped)
 
 
 def prm_pipeline(rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, *,
                  seq_len: int, max_steps: int, batch_size: int,
                  options: PipelineOptions = PipelineOptions()) -> Pipeline:
-    """PRM batches: `input_ids`, `segment_ids`, `positions` [batch, seq_len] and `step_positions`,
+    """PRM batches: `input_ids`, `segment_ids`, `positions`, `labels` [batch, seq_len] and `step_positions`,
     `step_labels`, `step_mask` [batch, max_steps] (the last token of each step, its 0/1 label, 1 for real steps).
 
-    Rows are `{"question", "steps", "labels"}` (see jaxmath.data.encode). A last partial batch is
-    filled with padding rows.
+    `labels` is the layout `jaxmath.objectives.prm_loss` reads: each step's label at its last token,
+    IGNORE_LABEL elsewhere. Rows are `{"question", "steps", "labels"}` (see jaxmath.data.encode). A last
+    partial batch is filled with padding rows.
     """
     pad_id = tokenizer.pad_token_id or 0
 
@@ -254,12 +275,14 @@ def prm_pipeline(rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokeniz
         del tokens["loss_mask"]
         steps = {key: np.zeros((batch_size, max_steps), np.int32)
                  for key in ("step_positions", "step_labels", "step_mask")}
+        labels = np.full((batch_size, seq_len), IGNORE_LABEL, np.int32)
         for row, trace in enumerate(batch):
             n = len(trace["step_labels"])
             steps["step_positions"][row, :n] = trace["step_positions"]
             steps["step_labels"][row, :n] = trace["step_labels"]
             steps["step_mask"][row, :n] = 1
-        return tokens | steps
+            labels[row, trace["step_positions"]] = trace["step_labels"]
+        return tokens | steps | {"labels": labels}
 
     examples, skipped = prepare(rows, encode, options, "PRM traces")
     return Pipeline(stream(examples, options).batch(batch_size, batch_fn=collate), len(examples), skipped)

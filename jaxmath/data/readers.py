@@ -262,9 +262,9 @@ def read_records(path: str | os.PathLike, field_map: FieldMap | None = None, *, 
     return records
 
 
-def write_records(records: Iterable[Record], path: str | os.PathLike) -> int:
-    """Write records as JSONL atomically (temporary file, then rename); returns how many were written."""
-    return write_jsonl((record.to_dict() for record in records), path)
+def write_records(records: Iterable[Record | Mapping[str, Any]], path: str | os.PathLike) -> int:
+    """Write records (or plain rows) as JSONL atomically (temporary file, then rename); returns how many."""
+    return write_jsonl((r.to_dict() if isinstance(r, Record) else dict(r) for r in records), path)
 
 
 def write_jsonl(rows: Iterable[Row], path: str | os.PathLike) -> int:

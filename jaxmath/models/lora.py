@@ -1,4 +1,4 @@
-"""LoRA helpers: which parameters are adapters, fresh adapter weights, and merging them into the base.
+"""LoRA helpers: which parameters are adapters, and merging them into the base.
 
 The adapters themselves live in the model (see `layers.add_lora` / `layers.project`); these functions
 work on the pure-dict parameter trees that the trainer, checkpoints and exporters pass around.
@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
-from flax import nnx, traverse_util
+from flax import traverse_util
 
 from jaxmath.models.config import ModelConfig
 
@@ -19,18 +18,6 @@ LORA_MARK = "_lora_"
 def is_lora_path(path: str | tuple[str, ...]) -> bool:
     name = path if isinstance(path, str) else "/".join(map(str, path))
     return LORA_MARK in name
-
-
-def init_lora_params(config: ModelConfig, seed: int = 0) -> dict[str, Any]:
-    """Freshly initialised adapter weights only (A random, B zero), without building the base weights."""
-    from jaxmath.models.transformer import build_model
-
-    def adapters() -> dict[str, Any]:
-        flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(build_model(config, seed))))
-        return traverse_util.unflatten_dict({k: v for k, v in flat.items() if is_lora_path(k)})
-
-    # jit + dead-code elimination: only the adapter initialisers are computed.
-    return jax.jit(adapters)()
 
 
 def merge_lora(params: dict[str, Any], config: ModelConfig) -> dict[str, Any]:

@@ -6,15 +6,20 @@ so compile time does not grow with depth; the scan body is rematerialised per `c
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, traverse_util
 
 from jaxmath.models.cache import CacheView, KVCache
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.layers import DecoderBlock, RMSNorm, make_param, normal_init, zeros_init
 from jaxmath.models.rope import rope_tables
 from jaxmath.parallel import shard_activation
+
+# Top-level parameters of the output heads (CausalLM: lm_head; TokenClassifier: score, score_bias).
+HEAD_PARAMS = ("lm_head", "score", "score_bias")
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -162,3 +167,13 @@ def build_model(config: ModelConfig, seed: int = 0) -> CausalLM | TokenClassifie
     """A randomly initialised model of the right kind for `config` (token classifier when num_labels > 0)."""
     cls = TokenClassifier if config.num_labels > 0 else CausalLM
     return cls(config, rngs=nnx.Rngs(seed))
+
+
+def init_params(config: ModelConfig, keep: Callable[[tuple[str, ...]], bool], seed: int = 0) -> dict[str, Any]:
+    """The freshly initialised parameters whose path `keep` accepts (e.g. LoRA adapters, a new head), as a
+    pure dict, without materialising the others: under jit, dead-code elimination drops their initialisers."""
+    def selected() -> dict[str, Any]:
+        flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(build_model(config, seed))))
+        return traverse_util.unflatten_dict({k: v for k, v in flat.items() if keep(tuple(map(str, k)))})
+
+    return jax.jit(selected)()

@@ -10,7 +10,8 @@ import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
-from jaxmath.objectives.dpo import DPO_MEANS, DPOConfig, dpo_loss, dpo_loss_terms, pair_log_probs, sequence_log_probs
+from jaxmath.objectives.dpo import (DPO_MEANS, DPOConfig, dpo_loss, dpo_loss_terms, pair_log_probs, reference_log_probs,
+                                   sequence_log_probs)
 from jaxmath.objectives.grpo import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, GRPO_MEANS, KL_ESTIMATORS, GRPOConfig,
                                      completion_log_probs, compute_advantages, group_advantages, grpo_loss,
                                      grpo_loss_terms, rloo_advantages)
@@ -71,6 +72,6 @@ __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "DPOConfig", "GRPOConfig", "IGNORE_LABEL", "KL_ESTIMATORS",
     "OBJECTIVES", "Objective", "aggregate_step_scores", "best_of_n", "completion_log_probs", "compute_advantages",
     "dpo_loss", "dpo_loss_terms", "group_advantages", "grpo_loss", "grpo_loss_terms", "make_loss", "metric_means",
-    "pair_log_probs", "prm_loss", "prm_loss_terms", "rloo_advantages", "roc_auc", "sequence_log_probs", "sft_loss",
-    "sft_loss_terms", "step_probabilities", "token_log_probs",
+    "pair_log_probs", "prm_loss", "prm_loss_terms", "reference_log_probs", "rloo_advantages", "roc_auc",
+    "sequence_log_probs", "sft_loss", "sft_loss_terms", "step_probabilities", "token_log_probs",
 ]

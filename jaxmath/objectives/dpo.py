@@ -5,7 +5,7 @@ Batch layout (chosen and rejected rows padded to the same length T; per-token ar
   chosen_attention_mask, rejected_attention_mask  [B, T] int   1 on real tokens
   chosen_loss_mask, rejected_loss_mask            [B, T] int   1 on the response tokens to score
   ref_chosen_logps, ref_rejected_logps            [B]  float   the reference model's *summed* response
-                                                               log-probs, from `pair_log_probs` in one pass
+                                                               log-probs (`reference_log_probs`)
 A pair counts only when both responses have at least one scored token (all-padding rows are ignored).
 Metrics are additive totals (pairs, correct_pairs, margin_sum, chosen_reward_sum, rejected_reward_sum);
 `DPO_MEANS` turns them into the reward accuracy and mean implicit-reward margin.
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmath.objectives.sft import next_token_targets, token_log_probs
+from jaxmath.objectives.sft import chunked_target_log_probs, next_token_targets, token_log_probs
 
 SIDES = ("chosen", "rejected")
 
@@ -111,17 +111,25 @@ def _require(batch: Mapping[str, jax.Array], name: str) -> jax.Array:
 def pair_log_probs(model: nnx.Module, batch: Mapping[str, jax.Array]
                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(chosen, rejected) summed response log-probs [B] and (chosen, rejected) token counts [B], from one
-    forward pass over both sides; run it with the reference model to fill ref_chosen/rejected_logps."""
+    forward pass over both sides; vocabulary logits are projected in chunks (see sft.chunked_target_log_probs)."""
     keys = ("input_ids", "attention_mask", "loss_mask")
     parts = {key: [_require(batch, f"{side}_{key}") for side in SIDES] for key in keys}
     if parts["input_ids"][0].shape != parts["input_ids"][1].shape:
         raise ValueError(f"chosen_input_ids {parts['input_ids'][0].shape} and rejected_input_ids "
                          f"{parts['input_ids'][1].shape} must have the same shape (pad both to one length)")
     ids, mask, loss_mask = (jnp.concatenate(parts[key], axis=0) for key in keys)
-    logits = model(ids, attention_mask=mask)
-    logps, counts = sequence_log_probs(logits, ids, loss_mask)
+    targets, weights = next_token_targets({"input_ids": ids, "loss_mask": loss_mask})
+    logps = jnp.sum(chunked_target_log_probs(model, model.model(ids, attention_mask=mask), targets) * weights, axis=1)
+    counts = jnp.sum(weights, axis=1)
     rows = parts["input_ids"][0].shape[0]
     return logps[:rows], logps[rows:], counts[:rows], counts[rows:]
+
+
+def reference_log_probs(model: nnx.Module, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The batch's `ref_chosen_logps` / `ref_rejected_logps` [B] under a frozen reference `model`. The trainer
+    runs it once over the data before training (precompute) or inside the train step (on the fly)."""
+    chosen, rejected, _, _ = pair_log_probs(model, batch)
+    return {"ref_chosen_logps": jax.lax.stop_gradient(chosen), "ref_rejected_logps": jax.lax.stop_gradient(rejected)}
 
 
 def dpo_loss(model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.Array, config: DPOConfig = DPOConfig()

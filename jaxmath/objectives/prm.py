@@ -2,7 +2,7 @@
 
 Batch layout (TokenClassifier with 2 labels):
   input_ids       [B, T] int  question + step-by-step solution
-  attention_mask  [B, T] int  1 on real tokens
+  attention_mask  [B, T] int  1 on real tokens (or segment_ids / positions, as `prm_pipeline` gives them)
   labels          [B, T] int  at each step's last token (or step separator) 1 = good step, 0 = bad step;
                               IGNORE_LABEL (-1) everywhere else
 Metrics are additive totals (steps, correct_steps); `PRM_MEANS` gives the step accuracy. Evaluation-side
@@ -40,7 +40,8 @@ def prm_loss_terms(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax
 def prm_loss(model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.Array
              ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """The train-step loss function for PRM training on the batch layout in this module's docstring."""
-    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"), positions=batch.get("positions"),
+                   segment_ids=batch.get("segment_ids"), dropout_rng=rng)
     return prm_loss_terms(logits, batch["labels"])
 
 

@@ -1,10 +1,12 @@
-"""The training config: YAML sections model / mesh / optimizer / data / train (see configs/)."""
+"""The training config: YAML sections model / mesh / optimizer / data / train, plus the objective's own
+section (dpo / prm; see configs/)."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Literal
 
 from jaxmath.objectives.grpo import ADVANTAGE_ESTIMATORS, GRPOConfig
+from jaxmath.objectives.dpo import DPOConfig
 from jaxmath.parallel import MeshConfig
 from jaxmath.train.optimizer import OptimizerConfig
 
@@ -152,8 +154,36 @@ class GRPOSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class DPOSection(DPOConfig):
+    """DPO: the loss settings (`jaxmath.objectives.DPOConfig`: beta, loss_type sigmoid / ipo / robust,
+    label_smoothing, length_normalize) and where the reference log-probs come from: `precompute` = one pass
+    of the frozen reference over the pairs before training, saved with the run (the reference model is not
+    kept); `on_the_fly` = a frozen copy of the reference evaluated inside every step. The reference is the
+    initial policy, or the model at `reference_model` (a HF / jaxmath directory or Hub id)."""
+
+    reference: Literal["precompute", "on_the_fly"] = "precompute"
+    reference_model: str | None = None
+
+    def loss_options(self) -> dict[str, Any]:
+        """The `make_loss("dpo", ...)` options (DPOConfig's fields)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(DPOConfig)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PRMSection:
+    """PRM: a 2-label token classifier (a causal-LM checkpoint gets a fresh head) trained on step labels read
+    at each step's last token; traces with more than `max_steps` steps are skipped."""
+
+    max_steps: int = 32
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    objective: Literal["sft", "grpo"] = "sft"
+    objective: Literal["sft", "dpo", "prm", "grpo"] = "sft"
     output_dir: str = "runs/default"
     model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(init={}))
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
@@ -161,10 +191,20 @@ class TrainConfig:
     data: DataSection = dataclasses.field(default_factory=DataSection)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
     grpo: GRPOSection | None = None  # required by objective grpo
+    dpo: DPOSection | None = None  # objective dpo (defaults when absent)
+    prm: PRMSection | None = None  # objective prm (defaults when absent)
 
     def __post_init__(self) -> None:
+        for name, section in (("dpo", DPOSection), ("prm", PRMSection)):
+            if getattr(self, name) is not None and self.objective != name:
+                raise ValueError(f"a {name} section is set but objective is {self.objective!r}")
+            if self.objective == name and getattr(self, name) is None:
+                object.__setattr__(self, name, section())
         if (self.objective == "grpo") != (self.grpo is not None):
             raise ValueError("objective grpo needs a grpo section (and only grpo uses one)")
+        if self.train.eval_generate and self.objective in ("dpo", "prm"):
+            raise ValueError(f"train.eval_generate (graded generation) needs records with answers, which objective "
+                             f"{self.objective} does not read")
         if self.grpo is not None:
             minibatch = self.grpo.rows // self.grpo.minibatches
             if minibatch % self.optimizer.grad_accum:

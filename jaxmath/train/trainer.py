@@ -1,10 +1,13 @@
-"""The training loop: data -> sharded train step -> metrics, evaluation, checkpoints, final export.
+"""The training loop for every objective (sft / dpo / prm): data -> sharded train step -> metrics,
+evaluation, checkpoints, final export. What differs per objective is in `jaxmath.train.tasks`.
 
 Everything a run writes lives in its output directory: config.yaml, metrics.jsonl, tensorboard/,
-checkpoints/<step>/ (resumable), tokenizer/, and at the end final_model/ (jaxmath) and hf/ (transformers).
+checkpoints/<step>/ (resumable), tokenizer/, reference/ (DPO's precomputed reference log-probs), and at
+the end final_model/ (jaxmath) and hf/ (transformers; a PRM as `*ForTokenClassification`).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -25,21 +28,21 @@ from jaxmath.checkpoint.pretrained import (export_to_hf, from_pretrained, hf_con
                                            save_jaxmath)
 from jaxmath.config import dump_yaml
 from jaxmath.data.formats import get_format
-from jaxmath.data.pipelines import PipelineOptions, sft_pipeline
-from jaxmath.data.readers import read_records
-from jaxmath.data.schema import Record
+from jaxmath.data.pipelines import Pipeline, PipelineOptions
 from jaxmath.data.tokenizer import ensure_pad_token, load_tokenizer, train_tokenizer
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.transformer import build_model
-from jaxmath.objectives import make_loss, metric_means
+from jaxmath.objectives import metric_means
 from jaxmath.parallel import initialize_distributed, make_mesh
+from jaxmath.train import reference as ref
 from jaxmath.train.checkpointing import TrainCheckpointer
 from jaxmath.train.config import TrainConfig
 from jaxmath.train.metrics import MetricsWriter, peak_flops, train_flops_per_token
 from jaxmath.train.optimizer import make_optimizer
 from jaxmath.train.state import (TrainState, init_train_state, param_shardings, partition, state_shardings,
                                  trainable_predicate)
-from jaxmath.train.step import batch_shardings, make_eval_step, make_train_step
+from jaxmath.train.step import ReferenceModel, batch_shardings, make_eval_step, make_train_step, to_global
+from jaxmath.train.tasks import Row, Task, task_for
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +70,54 @@ def _hf_config_dict(config: TrainConfig, tokenizer: Any | None) -> dict[str, Any
 
 
 def model_config(config: TrainConfig, hf_config: Mapping[str, Any]) -> ModelConfig:
+    """The model trained: the checkpoint's (or model.init's) architecture with the objective's head."""
     m = config.model
     runtime = m.options()
     path = resolve_model_dir(m.path, config_only=True) if m.path is not None else None
     if path is not None and is_jaxmath_dir(path):
         marker = json.loads((path / "jaxmath.json").read_text())
-        return ModelConfig(**{**marker["model_config"], **runtime})
-    return model_config_from_hf(hf_config, **runtime)
+        mconfig = ModelConfig(**{**marker["model_config"], **runtime})
+    else:
+        mconfig = model_config_from_hf(hf_config, **runtime)
+    num_labels = task_for(config).num_labels
+    if num_labels:
+        return mconfig.replace(num_labels=num_labels)
+    if mconfig.num_labels:
+        raise ValueError(f"objective {config.objective} trains a causal LM, but model.path={m.path} is a token "
+                         f"classifier ({mconfig.num_labels} labels)")
+    return mconfig
 
 
 def load_params(config: TrainConfig, mconfig: ModelConfig, mesh: jax.sharding.Mesh,
-                shardings: dict[str, Any]) -> dict[str, Any]:
-    """Pretrained weights placed on the mesh, or a random init created directly in its shards."""
-    if config.model.path is not None:
-        model = from_pretrained(resolve_model_dir(config.model.path), mesh=mesh, **config.model.options())
-        return nnx.to_pure_dict(nnx.state(model))
+                shardings: dict[str, Any], path: str | None = None) -> dict[str, Any]:
+    """Pretrained weights placed on the mesh (from `path`, default model.path; a causal LM's decoder under a
+    fresh head when `mconfig` is a classifier), or a random init created directly in its shards."""
+    path = path or config.model.path
+    if path is not None:
+        model = from_pretrained(resolve_model_dir(path), mesh=mesh, num_labels=mconfig.num_labels or None,
+                                **config.model.options())
+        params = nnx.to_pure_dict(nnx.state(model))
+        got, want = jax.tree.map(np.shape, params), jax.tree.map(lambda s: s.shape, _abstract_params(mconfig))
+        if got != want:
+            raise ValueError(f"{path}: its parameters do not have the shapes of the model trained "
+                             f"({mconfig.model_type}, {mconfig.num_layers} layers, hidden {mconfig.hidden_size})")
+        return params
     init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build_model(mconfig, config.model.seed))),
                    out_shardings=shardings)
     return init()
 
 
-def prepare_tokenizer(config: TrainConfig, records: list[Record], out: Path) -> Any:
+def _abstract_params(mconfig: ModelConfig) -> dict[str, Any]:
+    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(mconfig))))
+
+
+def prepare_tokenizer(config: TrainConfig, records: list[Row], out: Path) -> Any:
     """The run's tokenizer, saved under out/tokenizer so a resumed run uses the very same one."""
     saved = out / "tokenizer"
     if saved.is_dir():
         return ensure_pad_token(load_tokenizer(saved))
     if config.data.tokenizer == "train":
-        fmt = get_format(config.data.format)
-        texts = [f"{fmt.system_prompt}\n{r.question}\n{fmt.target(r)}" for r in records]
+        texts = task_for(config).tokenizer_texts(records, get_format(config.data.format))
         tokenizer = train_tokenizer(texts, vocab_size=config.data.tokenizer_vocab_size)
     else:
         if (config.data.tokenizer or config.model.path) is None:
@@ -110,16 +133,16 @@ def prepare_tokenizer(config: TrainConfig, records: list[Record], out: Path) -> 
 # ---------------------------------------------------------------- data
 
 
-def load_records(config: TrainConfig) -> tuple[list[Record], list[Record]]:
-    """(train, eval) records from files and generators; eval falls back to a held-out fraction."""
-    from jaxmath.data.generators import generate
-
-    train: list[Record] = []
+def load_records(config: TrainConfig) -> tuple[list[Row], list[Row]]:
+    """(train, eval) rows from files and generators (records for SFT, pairs for DPO, traces for PRM);
+    eval falls back to a held-out fraction."""
+    task = task_for(config)
+    train: list[Row] = []
     for path in config.data.train:
-        train.extend(read_records(path))
+        train.extend(task.read_rows(path))
     for k, (name, count) in enumerate(sorted(config.data.synthetic.items())):
-        train.extend(generate(name, count, seed=config.data.seed + k))
-    evaluation: list[Record] = [r for path in config.data.eval for r in read_records(path)]
+        train.extend(task.synthetic_rows(name, count, seed=config.data.seed + k))
+    evaluation: list[Row] = [r for path in config.data.eval for r in task.read_rows(path)]
     if not evaluation and config.data.eval_fraction > 0:
         order = np.random.default_rng(config.data.seed).permutation(len(train))
         held = max(1, int(len(train) * config.data.eval_fraction))
@@ -130,17 +153,16 @@ def load_records(config: TrainConfig) -> tuple[list[Record], list[Record]]:
     return train, evaluation
 
 
-def make_pipeline(config: TrainConfig, records: list[Record], tokenizer: Any, train: bool):
-    per_process = config.data.batch_size // jax.process_count()
-    options = PipelineOptions(seed=config.data.seed, num_epochs=None if train else 1, shuffle=train,
+def make_pipeline(run: Run, split: str, ordered: bool = False) -> Pipeline:
+    """The train (endless, shuffled) or eval (one epoch) pipeline of this process; `ordered`: one unshuffled
+    epoch (the reference pass). Precomputed reference fields join the examples."""
+    config = run.config
+    rows = run.train_records if split == "train" else run.eval_records
+    endless = split == "train" and not ordered
+    options = PipelineOptions(seed=config.data.seed, num_epochs=None if endless else 1, shuffle=endless,
                               strict=config.data.strict)
-    return sft_pipeline(records, tokenizer, get_format(config.data.format), seq_len=config.data.seq_len,
-                        batch_size=per_process, options=options, packing=config.data.packing)
-
-
-def to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, Any]) -> dict[str, jax.Array]:
-    """This process's rows -> global arrays sharded over (data, fsdp)."""
-    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
+    reference = None if ordered else run.reference_tables.get(split)
+    return run.task.pipeline(config, rows, run.tokenizer, options, reference)
 
 
 # ---------------------------------------------------------------- the run
@@ -159,22 +181,23 @@ class Run:
     graphdef: nnx.GraphDef
     trainable: Callable[[str], bool]
     shardings: TrainState
-    step_fn: Callable
-    eval_fn: Callable
+    step_fn: Callable  # (state, batch) -> (state, metrics); (state, batch, reference params) with `reference`
+    eval_fn: Callable  # (params, batch[, reference params]) -> (numerator, denominator, metric totals, outputs)
     batch_sharding: dict[str, Any]
     schedule: Callable
-    train_records: list[Record]
-    eval_records: list[Record]
+    train_records: list[Row]
+    eval_records: list[Row]
+    task: Task = dataclasses.field(default_factory=Task)
+    reference: ReferenceModel | None = None  # the frozen reference evaluated inside the step (DPO on the fly)
+    reference_tables: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # split -> precomputed
 
 
-def _example_batch(config: TrainConfig) -> dict[str, np.ndarray]:
-    shape = (config.data.batch_size, config.data.seq_len)
-    return {k: np.zeros(shape, np.int32) for k in ("input_ids", "loss_mask", "segment_ids", "positions")}
-
-
-def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_data: bool = True) -> Run:
+def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_data: bool = True,
+              task: Task | None = None) -> Run:
     """Everything but the weights: mesh, data, tokenizer, model config, shardings and compiled-on-first-use
-    steps. Without data (dry runs) the tokenizer is built only when the vocabulary size depends on it."""
+    steps. Without data (dry runs) the tokenizer is built only when the vocabulary size depends on it.
+    `task` defaults to the objective's (`jaxmath.train.tasks.task_for`)."""
+    task = task or task_for(config)
     out = Path(output_dir or config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(config.mesh)
@@ -191,13 +214,16 @@ def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_da
     optimizer, schedule = make_optimizer(config.optimizer, config.train.steps)
     trainable = trainable_predicate(config.optimizer.freeze, lora=mconfig.lora_rank > 0)
     shardings = state_shardings(p_shard, optimizer, nnx.to_pure_dict(abstract_state), mesh, trainable)
-    loss_fn = make_loss(config.objective)
-    example = _example_batch(config)
+    loss_fn = task.loss(config)
+    example = task.example_batch(config)
+    reference = None
+    if task.reference_mode(config) == "on_the_fly":
+        reference = ReferenceModel(graphdef, p_shard, task.reference_fields)
     step_fn = make_train_step(loss_fn, optimizer, mesh, graphdef, shardings, example, config.optimizer.grad_accum,
-                              trainable)
-    eval_fn = make_eval_step(loss_fn, mesh, graphdef, p_shard, example)
+                              trainable, reference=reference)
+    eval_fn = make_eval_step(loss_fn, mesh, graphdef, p_shard, example, reference, task.eval_outputs)
     return Run(config, out, mesh, mconfig, hf_config, tokenizer, graphdef, trainable, shardings, step_fn, eval_fn,
-               batch_shardings(mesh, example), schedule, train_records, eval_records)
+               batch_shardings(mesh, example), schedule, train_records, eval_records, task, reference)
 
 
 def abstract_state(run: Run) -> TrainState:
@@ -220,8 +246,9 @@ def dry_run(config: TrainConfig, output_dir: str | Path | None = None) -> dict[s
     run = build_run(config, output_dir, with_data=False)
     state = abstract_state(run)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding[k])
-             for k, v in _example_batch(config).items()}
-    compiled = run.step_fn.lower(state, batch).compile()
+             for k, v in run.task.example_batch(config).items()}
+    reference = (state.params,) if run.reference is not None else ()
+    compiled = run.step_fn.lower(state, batch, *reference).compile()
     stats = compiled.memory_analysis()
     gib = 2**30
     report = {
@@ -241,17 +268,78 @@ def dry_run(config: TrainConfig, output_dir: str | Path | None = None) -> dict[s
     return report
 
 
-def evaluate_loss(run: Run, params: Any) -> float | None:
+# ---------------------------------------------------------------- the frozen reference (DPO)
+
+
+def reference_inputs(run: Run, params: Any | None) -> tuple[Any, ...]:
+    """The step's extra arguments: the frozen reference's params when it runs inside the step (on the fly),
+    else none. With `precompute` the reference instead makes one pass over the data first, whose table a
+    resumed run (`params` None) reads back, and is dropped. The reference is `dpo.reference_model`, else
+    the initial policy (`params`, or reloaded when resuming)."""
+    mode = run.task.reference_mode(run.config)
+    if mode is None:
+        return ()
+    saved = ref.reference_file(run.out)
+    if mode == "precompute" and params is None and saved.is_file():
+        run.reference_tables = ref.load_tables(saved)
+        log.info("reference log-probs read from %s", saved)
+        return ()
+    path = run.config.dpo.reference_model
+    if path is not None or params is None:
+        reference = load_params(run.config, run.model_config, run.mesh, run.shardings.params, path=path)
+    elif mode == "on_the_fly":  # the train state is donated at every step: the reference needs its own buffers
+        reference = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=run.shardings.params)(params)
+    else:
+        reference = params
+    if mode == "on_the_fly":
+        return (reference,)
+    run.reference_tables = precompute_reference(run, reference)
+    ref.save_tables(saved, run.reference_tables)
+    return ()
+
+
+def precompute_reference(run: Run, params: Any) -> dict[str, np.ndarray]:
+    """{split: [examples, columns]} reference fields for this process's train and eval examples."""
+    columns = run.task.reference_columns
+    sharding = {k: s for k, s in run.batch_sharding.items() if k not in columns}
+    padding = {k: np.zeros((v.shape[0] // jax.process_count(), *v.shape[1:]), v.dtype)
+               for k, v in run.task.example_batch(run.config).items() if k in sharding}
+    forward = jax.jit(lambda p, batch: run.task.reference_fields(nnx.merge(run.graphdef, p), batch),
+                      in_shardings=(run.shardings.params, sharding))
+    tables = {}
+    for split, rows in (("train", run.train_records), ("eval", run.eval_records)):
+        if rows:
+            pipeline = make_pipeline(run, split, ordered=True)
+            tables[split] = ref.precompute(forward, params, pipeline, pipeline.num_examples, columns, padding,
+                                           sharding, run.mesh, desc=f"reference ({split})")
+    return tables
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(run: Run, params: Any, reference: tuple[Any, ...] = ()) -> dict[str, float]:
+    """Held-out figures over `train.eval_batches` batches: eval_loss, the objective's metric means (DPO reward
+    accuracy and margins, PRM step accuracy) and its own figures (PRM step ROC AUC), each prefixed eval_."""
     if not run.eval_records:
-        return None
+        return {}
     numerator = denominator = 0.0
-    pipeline = make_pipeline(run.config, run.eval_records, run.tokenizer, train=False)
+    totals: dict[str, float] = collections.defaultdict(float)
+    outputs: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+    pipeline = make_pipeline(run, "eval")
     for k, batch in enumerate(pipeline):
         if k >= run.config.train.eval_batches:
             break
-        n, d = run.eval_fn(params, to_global(batch, run.batch_sharding))
+        n, d, metrics, extra = run.eval_fn(params, to_global(batch, run.batch_sharding), *reference)
         numerator, denominator = numerator + float(n), denominator + float(d)
-    return numerator / max(denominator, 1.0)
+        for key, value in jax.device_get(metrics).items():
+            totals[key] += float(value)
+        for key, value in extra.items():
+            outputs[key].append(to_host(value))
+    result = {"loss": numerator / max(denominator, 1.0), **metric_means(run.config.objective, totals)}
+    if outputs:
+        result.update(run.task.eval_summary({k: np.concatenate(v) for k, v in outputs.items()}))
+    return {f"eval_{k}": v for k, v in result.items()}
 
 
 def evaluate_accuracy(run: Run, params: Any) -> float | None:
@@ -272,10 +360,13 @@ def evaluate_accuracy(run: Run, params: Any) -> float | None:
     return metrics["pass@1"]
 
 
+# ---------------------------------------------------------------- training
+
+
 def train(config: TrainConfig, output_dir: str | Path | None = None, resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary with the final loss and eval loss (GRPO: rewards and
-    held-out accuracy before and after)."""
+    """Run (or resume) training; returns a summary with the final loss and the last evaluation's figures
+    (GRPO: rewards and held-out accuracy before and after)."""
     if config.objective == "grpo":
         from jaxmath.train.rl import train_grpo
         return train_grpo(config, output_dir, resume, progress)
@@ -285,32 +376,36 @@ def train(config: TrainConfig, output_dir: str | Path | None = None, resume: boo
     if jax.process_index() == 0:
         dump_yaml(config, out / "config.yaml")
     checkpointer = TrainCheckpointer(out / "checkpoints", keep=tc.keep_checkpoints)
-    data = iter(make_pipeline(config, run.train_records, run.tokenizer, train=True).dataset)
-    if resume and checkpointer.latest_step() is not None:
+    restoring = resume and checkpointer.latest_step() is not None
+    if resume and not restoring:
+        log.warning("--resume: no checkpoint in %s, starting from scratch", checkpointer.directory)
+    params = None if restoring else load_params(config, run.model_config, run.mesh, run.shardings.params)
+    reference = reference_inputs(run, params)
+    data = iter(make_pipeline(run, "train").dataset)
+    if restoring:
         state, data_state, _ = checkpointer.restore(abstract_state(run))
         data.set_state(data_state)
         log.info("resumed from step %d", int(state.step))
     else:
-        if resume:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", checkpointer.directory)
-        params = load_params(config, run.model_config, run.mesh, run.shardings.params)
         state = init_train_state(params, make_optimizer(config.optimizer, tc.steps)[0], tc.seed, run.shardings,
                                  run.trainable)
+    del params  # the state holds them (and the step donates it)
     writer = MetricsWriter(out, enabled=jax.process_index() == 0)
     start = int(state.step)
-    summary = _loop(run, state, data, checkpointer, writer, start, progress)
+    summary = _loop(run, state, data, checkpointer, writer, start, progress, reference)
     writer.close()
     checkpointer.close()
     return summary
 
 
 def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckpointer, writer: MetricsWriter,
-          start: int, progress: bool) -> dict[str, Any]:
+          start: int, progress: bool, reference: tuple[Any, ...] = ()) -> dict[str, Any]:
     tc = run.config.train
     flops_per_token = train_flops_per_token(run.model_config, run.config.data.seq_len)
     peak = peak_flops(jax.devices()[0], run.model_config.dtype)
     bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", disable=not progress)
-    bad_steps, last_loss, eval_loss, summary_accuracy = 0, math.nan, None, None
+    bad_steps, last_loss, summary_accuracy = 0, math.nan, None
+    evaluation: dict[str, float] = {}
     window = {"tokens": 0, "positions": 0, "time": time.perf_counter()}
     pending: tuple[int, dict[str, jax.Array]] | None = None
     extra: dict[str, float] = {}  # eval results, written with the next logged row
@@ -340,17 +435,17 @@ def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckp
 
     for step in range(start + 1, tc.steps + 1):
         batch = next(data)
-        window["tokens"] += int(np.sum(batch["segment_ids"] > 0)) * jax.process_count()
-        window["positions"] += batch["input_ids"].size * jax.process_count()
-        state, metrics = run.step_fn(state, to_global(batch, run.batch_sharding))
+        tokens, positions = run.task.token_counts(batch)
+        window["tokens"] += tokens * jax.process_count()
+        window["positions"] += positions * jax.process_count()
+        state, metrics = run.step_fn(state, to_global(batch, run.batch_sharding), *reference)
         if pending is not None:
             settle(*pending)
         pending = (step, metrics)
         bar.update(1)
         if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-            eval_loss = evaluate_loss(run, state.params)
-            if eval_loss is not None:
-                extra["eval_loss"] = eval_loss
+            evaluation = evaluate(run, state.params, reference)
+            extra.update(evaluation)
             accuracy = evaluate_accuracy(run, state.params)
             if accuracy is not None:
                 extra["eval_accuracy"] = summary_accuracy = accuracy
@@ -362,8 +457,8 @@ def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckp
     checkpointer.wait()
     if tc.export_hf:
         export_final(run, state.params)
-    return {"steps": tc.steps, "final_loss": last_loss, "eval_loss": eval_loss, "eval_accuracy": summary_accuracy,
-            "output_dir": str(run.out)}
+    return {"steps": tc.steps, "final_loss": last_loss, "eval_loss": evaluation.get("eval_loss"), **evaluation,
+            "eval_accuracy": summary_accuracy, "output_dir": str(run.out)}
 
 
 def export_final(run: Run, params: Any) -> None:
