@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Does each shipped SFT / DPO / PRM config fit one A100 40 GB? Compile its train step for the real model's
-shapes and print per-device memory (`jaxmath.train.trainer.dry_run`, i.e. `compiled.memory_analysis()`).
+"""Does each shipped SFT / DPO / PRM / GRPO config fit one A100 40 GB? Compile its train step for the real model's
+shapes and print per-device memory (`jaxmath.train.trainer.dry_run`, i.e. `compiled.memory_analysis()`; for GRPO
+the update's figures plus the rollout's KV cache and, with beta > 0, the reference copy).
 
 The published config.json of each model is written into a temporary directory (nothing is downloaded) and
 model.path is pointed there; the mesh is one device. The step is compiled by this machine's backend: on a
@@ -46,6 +47,13 @@ HF_CONFIGS: dict[str, dict[str, Any]] = {
         sliding_window=32768, max_window_layers=21, use_sliding_window=False, tie_word_embeddings=True,
         attention_dropout=0.0, initializer_range=0.02, bos_token_id=151643, eos_token_id=151645,
         torch_dtype="bfloat16", use_cache=True),
+    "Qwen/Qwen2.5-3B-Instruct": dict(
+        architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu", vocab_size=151936,
+        hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+        num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+        sliding_window=32768, max_window_layers=70, use_sliding_window=False, tie_word_embeddings=True,
+        attention_dropout=0.0, initializer_range=0.02, bos_token_id=151643, eos_token_id=151645,
+        torch_dtype="bfloat16", use_cache=True),
     "deepseek-ai/deepseek-math-7b-instruct": dict(
         architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", vocab_size=102400,
         hidden_size=4096, intermediate_size=11008, num_hidden_layers=30, num_attention_heads=32,
@@ -62,6 +70,9 @@ SHIPPED: dict[str, str] = {
     "sft/deepseek-math-7b-lora": "deepseek-ai/deepseek-math-7b-instruct",
     "dpo/qwen2.5-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
     "prm/qwen2.5-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
+    "grpo/qwen2.5-0.5b-instruct-gsm8k": "Qwen/Qwen2.5-0.5B-Instruct",
+    "grpo/qwen2.5-3b-instruct-lora-steps": "Qwen/Qwen2.5-3B-Instruct",
+    "grpo/qwen2.5-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
 }
 
 
@@ -81,7 +92,11 @@ def measure(name: str, overrides: list[str]) -> dict[str, Any]:
         start = time.perf_counter()
         report = dry_run(config, Path(tmp) / "run")
         report["compile_s"] = time.perf_counter() - start
-    report["micro_batch"] = f"{config.data.batch_size // config.optimizer.grad_accum} x {config.data.seq_len}"
+    if config.grpo is not None:  # rows of one GRPO update micro-batch x (prompt + completion)
+        rows = config.grpo.rows // config.grpo.minibatches // config.optimizer.grad_accum
+        report["micro_batch"] = f"{rows} x {config.grpo.max_prompt_len + config.grpo.max_new_tokens}"
+    else:
+        report["micro_batch"] = f"{config.data.batch_size // config.optimizer.grad_accum} x {config.data.seq_len}"
     report["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
     return report
 

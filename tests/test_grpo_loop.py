@@ -135,7 +135,8 @@ def test_sampler_logprobs_equal_the_loss_forward(tmp_path):
     assert rollout["lengths"].min() >= 1 and rollout["tokens"].shape == (16, 12)
     batch = train_batch(prompts["input_ids"], prompts["attention_mask"], rollout["tokens"], rollout["lengths"],
                         rollout["logprobs"], np.zeros(16), np.ones(16))
-    chunk = to_global({k: batch[k][:8] for k in ("input_ids", "attention_mask")}, rl.run.batch_sharding)
+    chunk = to_global({k: v[:8] for k, v in batch.items()},
+                      {k: rl.run.batch_sharding[k] for k in ("input_ids", "attention_mask")})
     forward = np.asarray(rl.logprob_fn(params, chunk))
     mask = batch["completion_mask"][:8] > 0
     np.testing.assert_allclose(forward[mask], batch["old_logprobs"][:8][mask], atol=1e-4)

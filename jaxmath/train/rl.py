@@ -136,6 +136,13 @@ def _global(rl: RLRun, x: np.ndarray) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, x)
 
 
+def _rows(values: list[Any]) -> np.ndarray:
+    """A list of per-row Python objects (records, texts) as a 1-D object array, so rows index like arrays."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
 def sample(rl: RLRun, params: Any, prompts: dict[str, Any], seed: int) -> dict[str, Any]:
     """G completions per prompt from the current params: tokens, log-probs, lengths, texts, truncation."""
     g, tokenizer = rl.grpo, rl.run.tokenizer
@@ -154,7 +161,7 @@ def sample(rl: RLRun, params: Any, prompts: dict[str, Any], seed: int) -> dict[s
     last = tokens[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
     full = tokenizer.batch_decode([row[:n].tolist() for row, n in zip(tokens, lengths)], skip_special_tokens=True)
     stopped = np.isin(last, rl.eos_ids) | np.array([any(s in t for s in g.stop_strings) for t in full], bool)
-    return {"tokens": tokens, "logprobs": local.logprobs, "lengths": lengths, "texts": texts,
+    return {"tokens": tokens, "logprobs": local.logprobs, "lengths": lengths, "texts": _rows(texts),
             "truncated": (lengths >= g.max_new_tokens) & ~stopped}
 
 
@@ -167,30 +174,6 @@ def score(rl: RLRun, rollout: dict[str, Any], records: list[Any]) -> dict[str, A
     rewards, weight = overlong_rewards(total, rollout["lengths"], rollout["truncated"], g.max_new_tokens,
                                        g.overlong, g.overlong_buffer, g.overlong_penalty)
     return {"rewards": rewards, "per_function": per_function, "loss_weight": weight}
-
-
-def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in parts[0].items():
-        if isinstance(value, dict):
-            out[key] = _concat([p[key] for p in parts])
-        elif isinstance(value, list):
-            out[key] = [x for p in parts for x in p[key]]
-        else:
-            out[key] = np.concatenate([p[key] for p in parts])
-    return out
-
-
-def _select(part: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in part.items():
-        if isinstance(value, dict):
-            out[key] = _select(value, rows)
-        elif isinstance(value, list):
-            out[key] = [value[i] for i in rows]
-        else:
-            out[key] = np.asarray(value)[rows]
-    return out
 
 
 def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[str, Any], dict[str, float]]:
@@ -209,7 +192,7 @@ def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[
         scored = score(rl, rollout, batch["records"])
         timings["reward_seconds"] += time.perf_counter() - start
         part = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                "records": batch["records"], **rollout, **scored}
+                "records": _rows(batch["records"]), **rollout, **scored}
         part["useful"] = np.repeat(useful_groups(part["rewards"], g.group_size), g.group_size)
         parts.append(part)
         sampled_groups += local_groups
@@ -219,9 +202,10 @@ def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[
             useful = int(multihost_utils.process_allgather(np.int32(useful)).min())
         if useful >= local_groups:
             break
-    merged = _concat(parts)
+    merged = jax.tree.map(lambda *rows: np.concatenate(rows), *parts)
     group_useful = merged["useful"].reshape(-1, g.group_size)[:, 0]
-    chosen = _select(merged, group_rows(pick_groups(group_useful, local_groups), g.group_size))
+    rows = group_rows(pick_groups(group_useful, local_groups), g.group_size)
+    chosen = jax.tree.map(lambda x: x[rows], merged)
     stats = {**timings, "sampling_rounds": float(len(parts)),
              "zero_variance_groups": zero_variance / max(sampled_groups, 1),
              "generated_tokens": float(merged["lengths"].sum())}
@@ -239,8 +223,8 @@ def rollout_batch(rl: RLRun, params: Any, ref_params: Any | None, groups: dict[s
         rows = rl.minibatch_rows // jax.process_count()  # one minibatch at a time bounds the logits' memory
         old, ref = [], []
         for first in range(0, batch["input_ids"].shape[0], rows):
-            chunk = to_global({k: batch[k][first:first + rows] for k in ("input_ids", "attention_mask")},
-                              rl.run.batch_sharding)
+            chunk = to_global({k: v[first:first + rows] for k, v in batch.items()},
+                              {k: rl.run.batch_sharding[k] for k in ("input_ids", "attention_mask")})
             if needs_old:
                 old.append(_local(rl.logprob_fn(params, chunk)))
             if g.loss.beta > 0.0:
@@ -375,7 +359,7 @@ def dry_run_grpo(config: TrainConfig, output_dir: str | Path | None = None) -> d
     gib, devices = 2**30, jax.device_count()
     m = run.model_config
     cache_bytes = (2 * m.num_layers * g.rows * (g.max_prompt_len + g.max_new_tokens) * m.num_kv_heads * m.head_dim
-                   * m.compute_dtype.itemsize)
+                   * jnp.dtype(m.compute_dtype).itemsize)
     params_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
     report = {"devices": devices, "params_gib_total": params_bytes / gib,
               "optimizer_gib_total": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state)) / gib,
@@ -384,7 +368,8 @@ def dry_run_grpo(config: TrainConfig, output_dir: str | Path | None = None) -> d
     if stats is not None:
         update_peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
                        - stats.alias_size_in_bytes) / gib
-        report["update_peak_gib_per_device"] = update_peak
+        report.update(argument_gib_per_device=stats.argument_size_in_bytes / gib,
+                      temp_gib_per_device=stats.temp_size_in_bytes / gib, update_peak_gib_per_device=update_peak)
         # Rollouts and updates alternate: the cache lives during sampling, the update's temporaries after it.
         report["peak_gib_per_device"] = (max(update_peak, stats.argument_size_in_bytes / gib
                                              + report["kv_cache_gib_per_device"])
