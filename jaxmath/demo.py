@@ -21,9 +21,9 @@ MODEL = {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 384, "n
          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
          "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True}
 # Both stages read the same seeded problems and hold out the same 5% (same generators, seed, fraction).
-DATA = {"synthetic": {"arithmetic__add_small": 3000}, "eval_fraction": 0.05, "format": "boxed", "seq_len": 128}
+DATA = {"synthetic": {"arithmetic__add_small": 3000}, "eval_fraction": 0.05, "format": "boxed", "seq_len": 256}
 HELD_OUT = 128  # held-out problems graded greedily before and after GRPO
-ANSWER_TOKENS = 48
+ANSWER_TOKENS = 64
 
 SFT_CONFIG: dict[str, Any] = {
     "objective": "sft",
@@ -41,7 +41,7 @@ GRPO_CONFIG: dict[str, Any] = {
     "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
     "optimizer": {"lr": 5e-4, "schedule": "constant", "clip_norm": 1.0, "b2": 0.98},
     "data": dict(DATA),
-    "grpo": {"group_size": 8, "prompts_per_step": 8, "max_prompt_len": 64, "max_new_tokens": 32,
+    "grpo": {"group_size": 8, "prompts_per_step": 8, "max_prompt_len": 64, "max_new_tokens": ANSWER_TOKENS,
              "temperature": 1.0, "rewards": {"correctness": 1.0},
              "loss": {"beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.28, "aggregation": "token_mean"},
              "mu": 1, "minibatches": 2, "overlong": "zero"},

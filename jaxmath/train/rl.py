@@ -59,7 +59,7 @@ class RLRun:
     updates_per_iteration: int
     minibatch_rows: int
     logprob_fn: Callable[[Any, dict[str, jax.Array]], jax.Array]
-    copy_params: Callable[[Any], Any]
+    copy_params: Callable[[Any], Any]  # params -> a reference copy in the compute dtype
     eos_ids: list[int]
 
 
@@ -113,7 +113,13 @@ def build_rl_run(config: TrainConfig, output_dir: str | Path | None = None, with
     logprob_fn = jax.jit(logprobs, in_shardings=(p_shard, {"input_ids": token_sharding,
                                                            "attention_mask": token_sharding}),
                          out_shardings=token_sharding)
-    copy_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_shard)
+    compute = jnp.dtype(mconfig.compute_dtype)
+
+    def as_reference(params: Any) -> Any:
+        """A frozen copy in the compute dtype (the forward pass casts the weights to it anyway)."""
+        return jax.tree.map(lambda x: x.astype(compute) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+    copy_params = jax.jit(as_reference, out_shardings=p_shard)
     run = Run(config, out, mesh, mconfig, hf_config, tokenizer, graphdef, trainable, shardings, step_fn, None,
               batch_shardings(mesh, example), schedule, train_records, eval_records)
     eos = stop_token_ids(tokenizer, out / "tokenizer") if tokenizer is not None else []
@@ -280,7 +286,7 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
     if resume and checkpointer.latest_step() is not None:
         state, data_state, meta = checkpointer.restore(abstract_state(run))
         if keeps_reference:
-            ref_params = checkpointer.restore_reference(abstract_state(run).params)
+            ref_params = checkpointer.restore_reference(jax.eval_shape(rl.copy_params, abstract_state(run).params))
         prompts.set_state(data_state)
         start = int(meta["iteration"])
         summary["accuracy_before"] = meta.get("accuracy_before")
@@ -297,8 +303,8 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
             writer.write(0, {"eval_accuracy": summary["accuracy_before"]})
     if g.loss.beta > 0.0 and ref_params is None:
         # The initial policy: the current params on a fresh start, the loaded weights again on a resume.
-        ref_params = rl.copy_params(state.params) if start == 0 else load_params(
-            config, run.model_config, run.mesh, run.shardings.params)
+        ref_params = rl.copy_params(state.params if start == 0 else load_params(
+            config, run.model_config, run.mesh, run.shardings.params))
     bar = tqdm(total=tc.steps, initial=start, desc="grpo", unit="it", disable=not progress)
     bad_updates, row = 0, {}
     for iteration in range(start + 1, tc.steps + 1):
@@ -364,7 +370,8 @@ def dry_run_grpo(config: TrainConfig, output_dir: str | Path | None = None) -> d
     report = {"devices": devices, "params_gib_total": params_bytes / gib,
               "optimizer_gib_total": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state)) / gib,
               "kv_cache_gib_per_device": cache_bytes / devices / gib,
-              "reference_gib_per_device": (params_bytes / devices / gib) if g.loss.beta > 0 else 0.0}
+              "reference_gib_per_device": (sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
+                  jax.eval_shape(rl.copy_params, state.params))) / devices / gib) if g.loss.beta > 0 else 0.0}
     if stats is not None:
         update_peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
                        - stats.alias_size_in_bytes) / gib
