@@ -192,3 +192,35 @@ def test_command_line_scripts(hf_dir, tmp_path):
     assert len(list((tmp_path / "out").glob("model-*.safetensors"))) > 1
     failed = run("convert/hf_to_jax.py", "--hf", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert failed.returncode == 1 and "nowhere" in failed.stderr
+
+
+def test_import_casts_float32_to_bfloat16_like_torch(tmp_path):
+    import torch
+    hf = tiny_model("llama")
+    src = save_tiny(hf, tmp_path / "hf", max_shard_size="60KB")
+    jaxmath.convert_hf_to_jax(src, tmp_path / "ckpt", dtype="bfloat16")
+    out = jaxmath.export_to_hf(tmp_path / "ckpt", tmp_path / "out")
+    after = all_tensors(out)
+    for name, weight in hf.state_dict().items():
+        expected = weight.detach().to(torch.bfloat16).view(torch.int16).numpy()
+        assert str(after[name].dtype) == "bfloat16" and np.array_equal(after[name].view(np.int16), expected), name
+
+
+def test_version_1_directory_is_refused_clearly(hf_dir, tmp_path):
+    ckpt = jaxmath.convert_hf_to_jax(hf_dir, tmp_path / "ckpt")
+    marker = json.loads((ckpt / "jaxmath.json").read_text())
+    (ckpt / "jaxmath.json").write_text(json.dumps({**marker, "version": 1}))
+    for load in (lambda: jaxmath.from_pretrained(ckpt), lambda: jaxmath.export_to_hf(ckpt, tmp_path / "out")):
+        with pytest.raises(CheckpointError, match=r"jaxmath.json: jaxmath model directory version 1.*convert"):
+            load()
+
+
+def test_outputs_are_as_readable_as_any_new_directory(hf_dir, tmp_path):
+    import os
+    umask = os.umask(0o022)
+    os.umask(umask)
+    ckpt = jaxmath.convert_hf_to_jax(hf_dir, tmp_path / "ckpt")
+    out = jaxmath.export_to_hf(ckpt, tmp_path / "out")
+    for path in (ckpt, out, *out.iterdir()):
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == expected, path
