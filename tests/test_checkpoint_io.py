@@ -72,7 +72,7 @@ def test_sources_are_saved_one_at_a_time_and_restore_as_plain_arrays(tmp_path):
     rng = np.random.default_rng(1)
     arrays = {f"p{k}": rng.standard_normal((8 + k, 16)).astype(ml_dtypes.bfloat16) for k in range(6)}
     counter = LiveCounter()
-    sources = {name: HostArraySource(a.shape, a.dtype, lambda a=a: counter.track(a.copy()))
+    sources = {name: HostArraySource(a.shape, a.dtype, lambda out, a=a: counter.track(a.copy()))
                for name, a in arrays.items()}
     save_params(tmp_path / "params", {"group": sources, "plain": np.arange(4, dtype=np.float32)})
     assert counter.peak <= 2  # one being written, the next one being produced
@@ -84,8 +84,26 @@ def test_sources_are_saved_one_at_a_time_and_restore_as_plain_arrays(tmp_path):
     assert isinstance(one, np.ndarray) and np.array_equal(one, arrays["p3"])
 
 
+def test_sources_filling_recycled_buffers_are_saved_intact(tmp_path):
+    rng = np.random.default_rng(2)
+    arrays = {f"p{k}": rng.standard_normal((64 - k, 256)).astype(np.float32) for k in range(8)}
+    buffers = set()
+
+    def fill(out, a):
+        buffers.add(out.base.ctypes.data)
+        out[...] = a
+        return out
+
+    save_params(tmp_path / "params", {n: HostArraySource(a.shape, a.dtype, lambda out, a=a: fill(out, a))
+                                      for n, a in arrays.items()})
+    assert len(buffers) == 2  # the two scratch buffers, taken in turn
+    restored = ocp.StandardCheckpointer().restore((tmp_path / "params").absolute())
+    for name, value in arrays.items():  # no buffer was refilled before its write had finished
+        assert np.array_equal(restored[name], value), name
+
+
 def test_source_with_wrong_shape_fails(tmp_path):
-    bad = HostArraySource((4,), np.dtype(np.float32), lambda: np.zeros(5, np.float32))
+    bad = HostArraySource((4,), np.dtype(np.float32), lambda out: np.zeros(5, np.float32))
     with pytest.raises(Exception, match=r"declared float32\[4\]"):
         save_params(tmp_path / "params", {"x": bad})
 

@@ -110,8 +110,8 @@ def hf_sources(reader: HFCheckpointReader, config: ModelConfig, dtype: str,
     bar = tqdm(total=sum(len(r.hf_names(config)) for r in rules), desc="HF -> JAX", unit="tensor",
                disable=not progress)
 
-    def produce(rule: Rule) -> np.ndarray:
-        array = np.empty(shapes[rule.jax_path], target)
+    def produce(rule: Rule, out: np.ndarray | None) -> np.ndarray:
+        array = np.empty(shapes[rule.jax_path], target) if out is None else out
         for i, name in enumerate(rule.hf_names(config)):
             reader.read_into(name, hf_view(rule, array[i] if rule.stacked else array, config))
             bar.update(1)
