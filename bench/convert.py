@@ -187,7 +187,7 @@ def main() -> None:
                   f"peak RSS {runs[name][-1]['peak_rss_mib']:6.0f} MiB", flush=True)
     identical = same_tensors(hf, work / "hf_out0")
     read = min(r["seconds"] for name in ("read", "raw_read") for r in runs[name])
-    print(f"\n| phase | seconds | x plain read | peak RSS MiB | x checkpoint size | target met |")
+    print("\n| phase | seconds | x plain read | peak RSS MiB | x checkpoint size | target met |")
     print("|---|---|---|---|---|---|")
     for name, label in PHASES.items():
         seconds = min(r["seconds"] for r in runs[name])

@@ -224,3 +224,14 @@ def test_outputs_are_as_readable_as_any_new_directory(hf_dir, tmp_path):
     for path in (ckpt, out, *out.iterdir()):
         expected = (0o777 if path.is_dir() else 0o666) & ~umask
         assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_export_of_a_directory_that_disagrees_with_its_config_names_the_parameter(hf_dir, tmp_path):
+    ckpt = jaxmath.convert_hf_to_jax(hf_dir, tmp_path / "ckpt")
+    marker = json.loads((ckpt / "jaxmath.json").read_text())
+    marker["model_config"]["intermediate_size"] += 8
+    (ckpt / "jaxmath.json").write_text(json.dumps(marker))
+    with pytest.raises(CheckpointError, match=r"ckpt/params: model/layers/mlp/\w+_proj: "
+                                              r"got float32\[2, 112, 64\], expected float32\[2, 120, 64\]"):
+        jaxmath.export_to_hf(ckpt, tmp_path / "out")
+    assert_nothing_written(tmp_path / "out")

@@ -48,9 +48,10 @@ def test_safetensors_shards_stream_in_planned_order(tmp_path):
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert index["metadata"]["total_size"] == sum(a.nbytes for a in arrays.values())
     # a (60 B) + b (80 B) fit under 150 B; big is alone; c starts a new shard.
-    assert [sorted(n for n, f in index["weight_map"].items() if f == file) for file in sorted(set(index["weight_map"].values()))] \
-        == [["a", "b"], ["big"], ["c"]]
-    for file in sorted(set(index["weight_map"].values())):
+    files = sorted(set(index["weight_map"].values()))
+    shards = [sorted(n for n, f in index["weight_map"].items() if f == file) for file in files]
+    assert shards == [["a", "b"], ["big"], ["c"]]
+    for file in files:
         header_length = int.from_bytes((tmp_path / file).read_bytes()[:8], "little")
         assert (8 + header_length) % 8 == 0  # data starts 8-byte aligned, as safetensors writes it
         with safe_open(tmp_path / file, framework="np") as handle:
@@ -103,8 +104,8 @@ def test_sources_filling_recycled_buffers_are_saved_intact(tmp_path):
 
 
 def test_source_with_wrong_shape_fails(tmp_path):
-    bad = HostArraySource((4,), np.dtype(np.float32), lambda out: np.zeros(5, np.float32))
-    with pytest.raises(Exception, match=r"declared float32\[4\]"):
+    bad = HostArraySource((4,), np.dtype(np.float32), lambda out: np.zeros(5, np.float32), name="x.weight")
+    with pytest.raises(Exception, match=r"x\.weight: got float32\[5\], expected float32\[4\]"):
         save_params(tmp_path / "params", {"x": bad})
 
 

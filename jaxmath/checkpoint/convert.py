@@ -119,7 +119,8 @@ def hf_sources(reader: HFCheckpointReader, config: ModelConfig, dtype: str,
             bar.close()
         return array
 
-    return {rule.jax_path: HostArraySource(shapes[rule.jax_path], target, functools.partial(produce, rule))
+    return {rule.jax_path: HostArraySource(shapes[rule.jax_path], target, functools.partial(produce, rule),
+                                           name=f"{reader.path}: {rule.hf_name}")
             for rule in rules}
 
 

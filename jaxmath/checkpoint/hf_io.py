@@ -269,7 +269,8 @@ def write_safetensors_shards(directory: Path, specs: Sequence[TensorSpec], tenso
                 name, array = next(arriving, (None, None))
                 if name != spec.name or tuple(array.shape) != spec.shape or array.dtype != spec.dtype:
                     got = "nothing" if name is None else f"{name} {list(array.shape)} {array.dtype}"
-                    raise ValueError(f"expected tensor {spec.name} {list(spec.shape)} {np.dtype(spec.dtype)}, got {got}")
+                    raise ValueError(f"expected tensor {spec.name} {list(spec.shape)} {np.dtype(spec.dtype)}, "
+                                     f"got {got}")
                 out.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
                 del array  # hold only the tensor in hand
     if next(arriving, None) is not None:

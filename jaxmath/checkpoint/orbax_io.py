@@ -21,10 +21,9 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from orbax.checkpoint import type_handlers
 
+from jaxmath.checkpoint.hf_io import CheckpointError
+
 PathTuple = tuple[str, ...]
-# Uncompressed (weights barely compress) and without OCDBT: one plain zarr directory per parameter, which
-# tensorstore writes several times faster here than the OCDBT b-tree; restores read either layout.
-USE_OCDBT = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +37,7 @@ class HostArraySource:
     shape: tuple[int, ...]
     dtype: np.dtype
     produce: Callable[[np.ndarray | None], np.ndarray]
+    name: str = "parameter"  # for error messages
 
     @property
     def nbytes(self) -> int:
@@ -46,8 +46,8 @@ class HostArraySource:
     def load(self, out: np.ndarray | None = None) -> np.ndarray:
         array = self.produce(out)
         if tuple(array.shape) != tuple(self.shape) or array.dtype != self.dtype:
-            raise ValueError(f"source produced {array.dtype}{list(array.shape)}, declared "
-                             f"{np.dtype(self.dtype)}{list(self.shape)}")
+            raise CheckpointError(f"{self.name}: got {array.dtype}{list(array.shape)}, expected "
+                                  f"{np.dtype(self.dtype)}{list(self.shape)}")
         return array
 
 
@@ -90,10 +90,15 @@ READ_CONTEXT = {"file_io_mode": {"mode": "memmap"}}
 
 
 def _with_context(info: type_handlers.ParamInfo, resources: Mapping[str, Any]) -> type_handlers.ParamInfo:
-    """A copy of `info` whose tensorstore context is Orbax's plus `resources`."""
-    info = copy.copy(info)
+    """A copy of `info` whose tensorstore context is Orbax's plus `resources` (Orbax's alone where this
+    tensorstore does not know them)."""
     base = info.ts_context.spec.to_json() if info.ts_context is not None else {}
-    info.ts_context = ts.Context({**base, **resources})
+    try:
+        context = ts.Context({**base, **resources})
+    except ValueError:
+        return info
+    info = copy.copy(info)
+    info.ts_context = context
     return info
 
 
@@ -133,7 +138,8 @@ def _handler() -> ocp.PyTreeCheckpointHandler:
         (HostArraySource, _SourceHandler()),
         (np.ndarray, _HostArrayHandler()),
         (jax.Array, type_handlers.ArrayHandler()))
-    return ocp.PyTreeCheckpointHandler(use_ocdbt=USE_OCDBT, use_compression=False, type_handler_registry=registry)
+    # Orbax's default layout (OCDBT), uncompressed: weights barely compress and zstd costs seconds per GB.
+    return ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=registry)
 
 
 def save_params(directory: Path, params: Mapping[str, Any]) -> None:
@@ -160,15 +166,19 @@ def leaf(tree: Mapping[str, Any], path: PathTuple) -> Any:
 
 def restore_leaf(directory: Path, path: PathTuple) -> np.ndarray:
     """One parameter of a checkpoint as a numpy array in its stored dtype; nothing else is read."""
-    restored = ocp.Checkpointer(_handler()).restore(
-        Path(directory).absolute(),
-        args=ocp.args.PyTreeRestore(item=nest({path: 0}), partial_restore=True,
-                                    restore_args=nest({path: ocp.RestoreArgs(restore_type=np.ndarray)})))
+    try:
+        restored = ocp.Checkpointer(_handler()).restore(
+            Path(directory).absolute(),
+            args=ocp.args.PyTreeRestore(item=nest({path: 0}), partial_restore=True,
+                                        restore_args=nest({path: ocp.RestoreArgs(restore_type=np.ndarray)})))
+    except Exception as err:  # Orbax / tensorstore raise many kinds; the message names what is wrong
+        raise CheckpointError(f"{directory}: cannot restore {'/'.join(path)} ({err})") from err
     return leaf(restored, path)
 
 
 def restored_sources(directory: Path, shapes: Mapping[PathTuple, tuple[int, ...]],
                      dtype: np.dtype) -> dict[PathTuple, HostArraySource]:
     """A source per parameter (stored with these shapes and dtype) that restores it to the host when loaded."""
-    return {path: HostArraySource(tuple(shape), np.dtype(dtype), lambda out, path=path: restore_leaf(directory, path))
+    return {path: HostArraySource(tuple(shape), np.dtype(dtype), lambda out, path=path: restore_leaf(directory, path),
+                                  name=f"{directory}: {'/'.join(path)}")
             for path, shape in shapes.items()}
