@@ -11,7 +11,7 @@ only at the end.
 Targets (issue #2): each direction <= 2x the plain read's time; peak RSS <= 1.5x the checkpoint size
 (the whole process's peak, including the ~230 MiB that importing jax and Orbax costs).
 
-    python bench/convert.py [--workdir /tmp/jaxmath_bench_convert] [--layers 24] [--repeats 3]
+    python bench/convert.py [--workdir /tmp/jaxmath_bench_convert] [--layers 24] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="/tmp/jaxmath_bench_convert")
     parser.add_argument("--layers", type=int, default=24, help="decoder layers (24 = the real 0.5B shape)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each phase (fastest time is shown)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each phase (fastest time is shown)")
     parser.add_argument("--phase", nargs=3, metavar=("NAME", "SRC", "DST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:

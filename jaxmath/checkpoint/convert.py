@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from jaxmath.checkpoint.hf_io import (CheckpointError, HFCheckpointReader, TensorSpec, atomic_directory,
                                       numpy_dtype, parse_size, write_safetensors_shards)
 from jaxmath.checkpoint.mapping import IGNORED_HF_TENSORS, Rule, hf_architecture, rules_for
-from jaxmath.checkpoint.orbax_io import HostArraySource
+from jaxmath.checkpoint.orbax_io import HostArraySource, leaf
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.lora import merge_lora
 from jaxmath.models.transformer import build_model
@@ -131,14 +131,6 @@ def iter_hf_to_jax(reader: HFCheckpointReader, config: ModelConfig, dtype: str,
         yield path, source.load()
 
 
-def _leaf(tree: Mapping[str, Any], path: PathTuple) -> Any:
-    for key in path:
-        if key not in tree:
-            raise CheckpointError(f"parameter {'/'.join(path)} is missing (no {key!r})")
-        tree = tree[key]
-    return tree
-
-
 def to_host(array: Any) -> np.ndarray:
     """A full numpy copy of a (possibly sharded, possibly multi-host) array; loads a `HostArraySource`."""
     if isinstance(array, HostArraySource):
@@ -175,7 +167,7 @@ def iter_jax_to_hf(params: Mapping[str, Any], config: ModelConfig, dtype: str,
     rules = rules_for(config)
     bar = tqdm(total=sum(len(r.hf_names(config)) for r in rules), desc="JAX -> HF", unit="tensor",
                disable=not progress)
-    loaders = [functools.partial(to_host, _leaf(params, rule.jax_path)) for rule in rules]
+    loaders = [functools.partial(to_host, leaf(params, rule.jax_path)) for rule in rules]
     for rule, value in zip(rules, prefetched(loaders)):
         for i, name in enumerate(rule.hf_names(config)):
             yield name, hf_view(rule, value[i] if rule.stacked else value, config).astype(target, copy=False)

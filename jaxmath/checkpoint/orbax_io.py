@@ -159,7 +159,10 @@ def nest(flat: Mapping[PathTuple, Any]) -> dict[str, Any]:
 
 
 def leaf(tree: Mapping[str, Any], path: PathTuple) -> Any:
+    """tree["a"]["b"] for path ("a", "b"); raises naming the parameter when it is absent."""
     for key in path:
+        if key not in tree:
+            raise CheckpointError(f"parameter {'/'.join(path)} is missing (no {key!r})")
         tree = tree[key]
     return tree
 
