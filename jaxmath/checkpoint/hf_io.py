@@ -28,7 +28,6 @@ SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json
               "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
               "chat_template.json")
 NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
-SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 SAFETENSORS_CODES = {np.dtype(v): k for k, v in
                      {"F64": np.float64, "F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16}.items()}
 
