@@ -211,7 +211,7 @@ def test_a_causal_lm_loads_under_a_fresh_classification_head(tmp_path, tied):
         model = jaxmath.from_pretrained(source, num_labels=2)
         assert type(model).__name__ == "TokenClassifier" and model.config.num_labels == 2
         np.testing.assert_allclose(np.asarray(model.model(ids, attention_mask=mask))[real], hidden[real], atol=1e-5)
-        assert model.score[...].shape == (64, 2) and not np.asarray(model.score_bias[...]).any()
+        assert model.score[...].shape == (2, 64) and not np.asarray(model.score_bias[...]).any()
         assert 0.01 < float(np.std(np.asarray(model.score[...]))) < 0.03  # normal(0.02), as transformers inits
     out = jaxmath.export_to_hf(model, tmp_path / "out", hf_config=hf.config.to_dict())
     reloaded = transformers.AutoModelForTokenClassification.from_pretrained(out).eval()
@@ -219,3 +219,46 @@ def test_a_causal_lm_loads_under_a_fresh_classification_head(tmp_path, tied):
                                atol=1e-4)
     with pytest.raises(ValueError, match="num_labels=0"):
         jaxmath.from_pretrained(out, num_labels=0)
+
+
+def test_import_casts_float32_to_bfloat16_like_torch(tmp_path):
+    import torch
+    hf = tiny_model("llama")
+    src = save_tiny(hf, tmp_path / "hf", max_shard_size="60KB")
+    jaxmath.convert_hf_to_jax(src, tmp_path / "ckpt", dtype="bfloat16")
+    out = jaxmath.export_to_hf(tmp_path / "ckpt", tmp_path / "out")
+    after = all_tensors(out)
+    for name, weight in hf.state_dict().items():
+        expected = weight.detach().to(torch.bfloat16).view(torch.int16).numpy()
+        assert str(after[name].dtype) == "bfloat16" and np.array_equal(after[name].view(np.int16), expected), name
+
+
+def test_version_1_directory_is_refused_clearly(hf_dir, tmp_path):
+    ckpt = jaxmath.convert_hf_to_jax(hf_dir, tmp_path / "ckpt")
+    marker = json.loads((ckpt / "jaxmath.json").read_text())
+    (ckpt / "jaxmath.json").write_text(json.dumps({**marker, "version": 1}))
+    for load in (lambda: jaxmath.from_pretrained(ckpt), lambda: jaxmath.export_to_hf(ckpt, tmp_path / "out")):
+        with pytest.raises(CheckpointError, match=r"jaxmath.json: jaxmath model directory version 1.*convert"):
+            load()
+
+
+def test_outputs_are_as_readable_as_any_new_directory(hf_dir, tmp_path):
+    import os
+    umask = os.umask(0o022)
+    os.umask(umask)
+    ckpt = jaxmath.convert_hf_to_jax(hf_dir, tmp_path / "ckpt")
+    out = jaxmath.export_to_hf(ckpt, tmp_path / "out")
+    for path in (ckpt, out, *out.iterdir()):
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_export_of_a_directory_that_disagrees_with_its_config_names_the_parameter(hf_dir, tmp_path):
+    ckpt = jaxmath.convert_hf_to_jax(hf_dir, tmp_path / "ckpt")
+    marker = json.loads((ckpt / "jaxmath.json").read_text())
+    marker["model_config"]["intermediate_size"] += 8
+    (ckpt / "jaxmath.json").write_text(json.dumps(marker))
+    with pytest.raises(CheckpointError, match=r"ckpt/params: model/layers/mlp/\w+_proj: "
+                                              r"got float32\[2, 112, 64\], expected float32\[2, 120, 64\]"):
+        jaxmath.export_to_hf(ckpt, tmp_path / "out")
+    assert_nothing_written(tmp_path / "out")

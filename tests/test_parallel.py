@@ -51,7 +51,7 @@ def test_sharded_forward_equals_single_device(hf_dir, reference, shape):
     mesh = make_mesh(shape)
     model = jaxmath.from_pretrained(hf_dir, mesh=mesh)
     q_proj = model.model.layers.self_attn.q_proj[...]
-    assert q_proj.sharding.spec == logical_to_spec(("layers", "embed", "heads", "head_dim"), mesh, q_proj.shape)
+    assert q_proj.sharding.spec == logical_to_spec(("layers", "heads", "head_dim", "embed"), mesh, q_proj.shape)
     if shape[1] > 1:  # weights really are split: each device holds a fraction
         assert q_proj.addressable_shards[0].data.size < q_proj.size
 

@@ -1,29 +1,36 @@
 """HF <-> jaxmath conversion, driven by the one mapping table in `mapping.py`.
 
-HF -> JAX streams tensor by tensor (each stacked parameter is filled layer by layer), after checking
-every tensor's presence and shape from the safetensors headers alone, so a bad checkpoint fails before
-anything is read or written. JAX -> HF streams parameters into size-bounded safetensors shards.
+HF -> JAX checks every tensor's presence and shape from the safetensors headers alone, so a bad
+checkpoint fails before anything is read or written; each parameter is then a source that reads its
+tensor(s) from disk straight into the new array (through the layout's HF-shaped view of it, layer by
+layer for stacked ones), produced only when it is needed. JAX -> HF streams parameters, one at a time
+and one ahead, into size-bounded safetensors shards.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import jax
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxmath.checkpoint.hf_io import (CheckpointError, HFCheckpointReader, SAFETENSORS_DTYPES, atomic_directory,
+from jaxmath.checkpoint.hf_io import (CheckpointError, HFCheckpointReader, TensorSpec, atomic_directory,
                                       numpy_dtype, parse_size, write_safetensors_shards)
 from jaxmath.checkpoint.mapping import IGNORED_HF_TENSORS, Rule, hf_architecture, rules_for
+from jaxmath.checkpoint.orbax_io import HostArraySource, leaf
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.lora import merge_lora
 from jaxmath.models.transformer import build_model
 
 PathTuple = tuple[str, ...]
+T = TypeVar("T")
 
 
 def is_token_classifier(hf_config: Mapping[str, Any]) -> bool:
@@ -38,11 +45,12 @@ def model_config_from_hf(hf_config: Mapping[str, Any], **runtime: Any) -> ModelC
     return ModelConfig.from_hf(hf_config, num_labels=num_labels, **runtime)
 
 
-def expected_shapes(config: ModelConfig) -> dict[PathTuple, tuple[int, ...]]:
-    """Shape of every parameter of the model for `config`, computed without allocating it."""
+@functools.lru_cache(maxsize=16)
+def expected_shapes(config: ModelConfig) -> Mapping[PathTuple, tuple[int, ...]]:
+    """Shape of every parameter of the model for `config`, computed (once per config) without allocating it."""
     abstract = nnx.eval_shape(lambda: build_model(config))
     flat = nnx.to_flat_state(nnx.state(abstract, nnx.Param))
-    return {tuple(str(k) for k in path): tuple(v.get_value().shape) for path, v in flat}
+    return types.MappingProxyType({tuple(str(k) for k in path): tuple(v.get_value().shape) for path, v in flat})
 
 
 def source_dtype(reader: HFCheckpointReader) -> str:
@@ -50,20 +58,17 @@ def source_dtype(reader: HFCheckpointReader) -> str:
     named = reader.config.get("torch_dtype") or reader.config.get("dtype")
     if named in ("float32", "bfloat16", "float16"):
         return named
-    first = reader.names()[0]
-    header = reader._header(reader.weight_map[first])  # noqa: SLF001 - same package
-    return SAFETENSORS_DTYPES.get(header[first][0], "float32")
+    stored = reader.stored_dtype(reader.names()[0]).name
+    return stored if stored in ("float32", "bfloat16", "float16") else "float32"
 
 
-def validate_hf_checkpoint(reader: HFCheckpointReader, config: ModelConfig) -> list[Rule]:
+def validate_hf_checkpoint(reader: HFCheckpointReader, config: ModelConfig,
+                           shapes: Mapping[PathTuple, tuple[int, ...]]) -> list[Rule]:
     """Check that every tensor the model needs is present with the right shape, and nothing unknown is."""
-    shapes = expected_shapes(config)
     rules = rules_for(config)
     needed: set[str] = set()
     for rule in rules:
-        jax_shape = shapes[rule.jax_path]
-        per_tensor = jax_shape[1:] if rule.stacked else jax_shape
-        want = tuple(rule.layout.hf_shape(per_tensor))
+        want = tuple(rule.layout.hf_shape(_per_tensor(rule, shapes)))
         for name in rule.hf_names(config):
             needed.add(name)
             got = reader.shape(name)
@@ -79,57 +84,93 @@ def validate_hf_checkpoint(reader: HFCheckpointReader, config: ModelConfig) -> l
     return rules
 
 
-def iter_hf_to_jax(reader: HFCheckpointReader, config: ModelConfig, dtype: str,
-                   progress: bool = False) -> Iterator[tuple[PathTuple, np.ndarray]]:
-    """Yield (jax_path, numpy array in `dtype`) per parameter; stacked ones are filled layer by layer."""
+def _per_tensor(rule: Rule, shapes: Mapping[PathTuple, tuple[int, ...]]) -> tuple[int, ...]:
+    """JAX shape of one HF tensor of `rule` (one layer's slice when stacked)."""
+    shape = shapes[rule.jax_path]
+    return shape[1:] if rule.stacked else shape
+
+
+def hf_view(rule: Rule, array: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """`array` (one JAX-layout tensor) seen in its HF layout, as a view: writing it fills `array`."""
+    view = rule.layout.to_hf(array, config)
+    if not np.may_share_memory(view, array):
+        raise AssertionError(f"layout of {'/'.join(rule.jax_path)} must return a view, not a copy")
+    return view
+
+
+def hf_sources(reader: HFCheckpointReader, config: ModelConfig, dtype: str,
+               progress: bool = False) -> dict[PathTuple, HostArraySource]:
+    """Every parameter as a source that, when loaded, reads its HF tensor(s) straight into a new `dtype` array.
+
+    The checkpoint is validated first; nothing is read until a source is loaded.
+    """
     target = numpy_dtype(dtype)
-    rules = validate_hf_checkpoint(reader, config)
+    shapes = expected_shapes(config)
+    rules = validate_hf_checkpoint(reader, config, shapes)
     bar = tqdm(total=sum(len(r.hf_names(config)) for r in rules), desc="HF -> JAX", unit="tensor",
                disable=not progress)
-    for rule in rules:
-        names = rule.hf_names(config)
-        if not rule.stacked:
-            array = np.ascontiguousarray(rule.layout.to_jax(reader.read(names[0], target), config))
+
+    def produce(rule: Rule, out: np.ndarray | None) -> np.ndarray:
+        array = np.empty(shapes[rule.jax_path], target) if out is None else out
+        for i, name in enumerate(rule.hf_names(config)):
+            reader.read_into(name, hf_view(rule, array[i] if rule.stacked else array, config))
             bar.update(1)
-        else:
-            array = None
-            for i, name in enumerate(names):
-                layer = rule.layout.to_jax(reader.read(name, target), config)
-                if array is None:
-                    array = np.empty((len(names), *layer.shape), dtype=target)
-                array[i] = layer
-                bar.update(1)
-        yield rule.jax_path, array
-    bar.close()
+        if bar.n == bar.total:
+            bar.close()
+        return array
+
+    return {rule.jax_path: HostArraySource(shapes[rule.jax_path], target, functools.partial(produce, rule),
+                                           name=f"{reader.path}: {rule.hf_name}")
+            for rule in rules}
 
 
-def _leaf(tree: Mapping[str, Any], path: PathTuple) -> Any:
-    for key in path:
-        if key not in tree:
-            raise CheckpointError(f"parameter {'/'.join(path)} is missing (no {key!r})")
-        tree = tree[key]
-    return tree
+def iter_hf_to_jax(reader: HFCheckpointReader, config: ModelConfig, dtype: str,
+                   progress: bool = False) -> Iterator[tuple[PathTuple, np.ndarray]]:
+    """Yield (jax_path, numpy array in `dtype`) per parameter, one at a time."""
+    for path, source in hf_sources(reader, config, dtype, progress).items():
+        yield path, source.load()
 
 
 def to_host(array: Any) -> np.ndarray:
-    """A full numpy copy of a (possibly sharded, possibly multi-host) array."""
+    """A full numpy copy of a (possibly sharded, possibly multi-host) array; loads a `HostArraySource`."""
+    if isinstance(array, HostArraySource):
+        return array.load()
     if isinstance(array, jax.Array) and not array.is_fully_addressable:
         from jax.experimental import multihost_utils
         array = multihost_utils.process_allgather(array, tiled=True)
     return np.asarray(array)
 
 
+def prefetched(loaders: list[Callable[[], T]]) -> Iterator[T]:
+    """Results of `loaders` in order, each computed in a background thread while the previous one is used."""
+    with ThreadPoolExecutor(1, thread_name_prefix="jaxmath-prefetch") as pool:
+        pending = pool.submit(loaders[0]) if loaders else None
+        for k in range(len(loaders)):
+            value = pending.result()
+            pending = pool.submit(loaders[k + 1]) if k + 1 < len(loaders) else None
+            yield value
+            del value
+
+
+def hf_tensor_specs(config: ModelConfig, dtype: str) -> list[TensorSpec]:
+    """Name, shape and dtype of every HF tensor of the model, in the order `iter_jax_to_hf` yields them."""
+    shapes, target = expected_shapes(config), numpy_dtype(dtype)
+    return [TensorSpec(name, tuple(rule.layout.hf_shape(_per_tensor(rule, shapes))), target)
+            for rule in rules_for(config) for name in rule.hf_names(config)]
+
+
 def iter_jax_to_hf(params: Mapping[str, Any], config: ModelConfig, dtype: str,
                    progress: bool = False) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (hf_name, numpy array in `dtype`) for every HF tensor of the model, one at a time."""
+    """Yield (hf_name, numpy array in `dtype`) for every HF tensor of the model; each parameter is fetched
+    to the host (or loaded, for a `HostArraySource`) while the previous one is being consumed."""
     target = numpy_dtype(dtype)
     rules = rules_for(config)
     bar = tqdm(total=sum(len(r.hf_names(config)) for r in rules), desc="JAX -> HF", unit="tensor",
                disable=not progress)
-    for rule in rules:
-        value = to_host(_leaf(params, rule.jax_path))
+    loaders = [functools.partial(to_host, leaf(params, rule.jax_path)) for rule in rules]
+    for rule, value in zip(rules, prefetched(loaders)):
         for i, name in enumerate(rule.hf_names(config)):
-            yield name, rule.layout.to_hf(value[i] if rule.stacked else value, config).astype(target, copy=False)
+            yield name, hf_view(rule, value[i] if rule.stacked else value, config).astype(target, copy=False)
             bar.update(1)
     bar.close()
 
@@ -158,7 +199,8 @@ def write_hf_checkpoint(out: str | Path, params: Mapping[str, Any], config: Mode
     if config.lora_rank:
         params, config = merge_lora(jax.tree.map(to_host, params), config), config.replace(lora_rank=0)
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        write_safetensors_shards(tmp, iter_jax_to_hf(params, config, dtype, progress), parse_size(max_shard_size))
+        write_safetensors_shards(tmp, hf_tensor_specs(config, dtype), iter_jax_to_hf(params, config, dtype, progress),
+                                 parse_size(max_shard_size))
         (tmp / "config.json").write_text(json.dumps(export_hf_config(hf_config, config, dtype), indent=2) + "\n")
         for file in side_files:
             shutil.copy2(file, tmp / file.name)

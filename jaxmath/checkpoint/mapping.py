@@ -1,8 +1,8 @@
 """One table mapping HF tensor names to jaxmath parameter paths, with the rule each needs.
 
 The same table drives import (HF -> JAX) and export (JAX -> HF), so the two directions cannot drift
-apart. Each layout's `to_jax` and `to_hf` are exact inverses (transposes and reshapes only); they return
-views where numpy can, and the caller makes the one copy it needs.
+apart. jaxmath stores kernels [out..., in...] like HF's nn.Linear, so each layout's `to_jax` and `to_hf`
+are exact inverse reshapes: views of the same bytes, and a conversion is a copy, never a transpose.
 """
 from __future__ import annotations
 
@@ -49,16 +49,13 @@ class Layout:
 
 
 SAME = Layout(lambda w, c: w, lambda w, c: w, lambda s: s)
-# HF nn.Linear stores [out, in]; JAX kernels are [in, out].
-LINEAR = Layout(lambda w, c: w.T, lambda w, c: w.T, lambda s: s[::-1])
 
 
 def _heads_in(heads: Callable[[ModelConfig], int]) -> Layout:
-    """HF [heads*head_dim, hidden] <-> JAX [hidden, heads, head_dim] (q/k/v projections)."""
-    return Layout(
-        lambda w, c: w.T.reshape(c.hidden_size, heads(c), c.head_dim),
-        lambda w, c: w.reshape(c.hidden_size, heads(c) * c.head_dim).T,
-        lambda s: (s[1] * s[2], s[0]))
+    """HF [heads*head_dim, hidden] <-> JAX [heads, head_dim, hidden] (q/k/v projections)."""
+    return Layout(lambda w, c: w.reshape(heads(c), c.head_dim, c.hidden_size),
+                  lambda w, c: w.reshape(heads(c) * c.head_dim, c.hidden_size),
+                  lambda s: (s[0] * s[1], s[2]))
 
 
 def _heads_bias(heads: Callable[[ModelConfig], int]) -> Layout:
@@ -68,11 +65,11 @@ def _heads_bias(heads: Callable[[ModelConfig], int]) -> Layout:
                   lambda s: (s[0] * s[1],))
 
 
-# HF o_proj [hidden, heads*head_dim] <-> JAX [heads, head_dim, hidden].
+# HF o_proj [hidden, heads*head_dim] <-> JAX [hidden, heads, head_dim].
 OUT_HEADS = Layout(
-    lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size),
-    lambda w, c: w.reshape(c.num_heads * c.head_dim, c.hidden_size).T,
-    lambda s: (s[2], s[0] * s[1]))
+    lambda w, c: w.reshape(c.hidden_size, c.num_heads, c.head_dim),
+    lambda w, c: w.reshape(c.hidden_size, c.num_heads * c.head_dim),
+    lambda s: (s[0], s[1] * s[2]))
 
 
 def _q_heads(c: ModelConfig) -> int:
@@ -87,19 +84,18 @@ def rules_for(config: ModelConfig) -> list[Rule]:
     """The mapping for a model of this config (causal LM, or token classifier when num_labels > 0)."""
     layer = "model.layers.{i}."
     attn, mlp = ("model", "layers", "self_attn"), ("model", "layers", "mlp")
-    same, linear = SAME, LINEAR
     table: list[tuple[tuple[str, ...], str, Layout]] = [
-        (("model", "embed_tokens"), "model.embed_tokens.weight", same),
-        (("model", "norm", "scale"), "model.norm.weight", same),
-        (("model", "layers", "input_layernorm", "scale"), layer + "input_layernorm.weight", same),
-        (("model", "layers", "post_attention_layernorm", "scale"), layer + "post_attention_layernorm.weight", same),
+        (("model", "embed_tokens"), "model.embed_tokens.weight", SAME),
+        (("model", "norm", "scale"), "model.norm.weight", SAME),
+        (("model", "layers", "input_layernorm", "scale"), layer + "input_layernorm.weight", SAME),
+        (("model", "layers", "post_attention_layernorm", "scale"), layer + "post_attention_layernorm.weight", SAME),
         ((*attn, "q_proj"), layer + "self_attn.q_proj.weight", _heads_in(_q_heads)),
         ((*attn, "k_proj"), layer + "self_attn.k_proj.weight", _heads_in(_kv_heads)),
         ((*attn, "v_proj"), layer + "self_attn.v_proj.weight", _heads_in(_kv_heads)),
         ((*attn, "o_proj"), layer + "self_attn.o_proj.weight", OUT_HEADS),
-        ((*mlp, "gate_proj"), layer + "mlp.gate_proj.weight", linear),
-        ((*mlp, "up_proj"), layer + "mlp.up_proj.weight", linear),
-        ((*mlp, "down_proj"), layer + "mlp.down_proj.weight", linear),
+        ((*mlp, "gate_proj"), layer + "mlp.gate_proj.weight", SAME),
+        ((*mlp, "up_proj"), layer + "mlp.up_proj.weight", SAME),
+        ((*mlp, "down_proj"), layer + "mlp.down_proj.weight", SAME),
     ]
     if config.qkv_bias:
         table += [
@@ -108,18 +104,18 @@ def rules_for(config: ModelConfig) -> list[Rule]:
             ((*attn, "v_bias"), layer + "self_attn.v_proj.bias", _heads_bias(_kv_heads)),
         ]
     if config.o_bias:
-        table.append(((*attn, "o_bias"), layer + "self_attn.o_proj.bias", same))
+        table.append(((*attn, "o_bias"), layer + "self_attn.o_proj.bias", SAME))
     if config.qk_norm:
         table += [
-            ((*attn, "q_norm", "scale"), layer + "self_attn.q_norm.weight", same),
-            ((*attn, "k_norm", "scale"), layer + "self_attn.k_norm.weight", same),
+            ((*attn, "q_norm", "scale"), layer + "self_attn.q_norm.weight", SAME),
+            ((*attn, "k_norm", "scale"), layer + "self_attn.k_norm.weight", SAME),
         ]
     if config.mlp_bias:
-        table += [((*mlp, f"{name}_bias"), layer + f"mlp.{name}_proj.bias", same) for name in ("gate", "up", "down")]
+        table += [((*mlp, f"{name}_bias"), layer + f"mlp.{name}_proj.bias", SAME) for name in ("gate", "up", "down")]
     if config.num_labels > 0:
-        table += [(("score",), "score.weight", linear), (("score_bias",), "score.bias", same)]
+        table += [(("score",), "score.weight", SAME), (("score_bias",), "score.bias", SAME)]
     elif not config.tie_word_embeddings:
-        table.append((("lm_head",), "lm_head.weight", linear))
+        table.append((("lm_head",), "lm_head.weight", SAME))
     return [Rule(path, name, layout) for path, name, layout in table]
 
 

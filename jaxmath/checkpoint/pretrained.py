@@ -1,8 +1,10 @@
 """Load models from HF or jaxmath directories, save them as Orbax model checkpoints, export them to HF.
 
-A jaxmath model directory holds `jaxmath.json` (format marker, model config), `hf_config.json` (the source
-config.json verbatim, so an export keeps every original key), `params/` (Orbax) and `hf_files/`
-(tokenizer and generation files carried along from the source).
+A jaxmath model directory holds `jaxmath.json` (format marker and version, model config), `hf_config.json`
+(the source config.json verbatim, so an export keeps every original key), `params/` (an Orbax PyTree
+checkpoint of the parameters, see `orbax_io`) and `hf_files/` (tokenizer and generation files carried
+along from the source). Format version 2 stores kernels [out..., in...] (HF layout); version 1 ([in, out])
+directories are refused with a message saying how to redo them.
 """
 from __future__ import annotations
 
@@ -18,15 +20,17 @@ import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from jaxmath.checkpoint.convert import (PathTuple, iter_hf_to_jax, model_config_from_hf, source_dtype,
-                                        write_hf_checkpoint)
-from jaxmath.checkpoint.hf_io import CheckpointError, HFCheckpointReader, atomic_directory
+from jaxmath.checkpoint.convert import (PathTuple, expected_shapes, hf_sources, iter_hf_to_jax,
+                                        model_config_from_hf, source_dtype, write_hf_checkpoint)
+from jaxmath.checkpoint.hf_io import CheckpointError, HFCheckpointReader, atomic_directory, numpy_dtype
+from jaxmath.checkpoint.orbax_io import nest, restored_sources, save_params
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.lora import is_lora_path
 from jaxmath.models.transformer import HEAD_PARAMS, CausalLM, TokenClassifier, build_model, init_params
 from jaxmath.parallel import named_sharding
 
 FORMAT = "jaxmath.model"
+VERSION = 2  # 2: kernels [out..., in...] (HF layout); 1: [in..., out...]
 MARKER = "jaxmath.json"
 RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
@@ -57,16 +61,6 @@ def _place(host: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def _nest(flat: Mapping[PathTuple, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
-
-
 def _assemble(config: ModelConfig, arrays: Iterable[tuple[PathTuple, Any]], mesh: Mesh | None,
               new_head: bool = False) -> Model:
     """A model from (path, host array) pairs. Freshly initialised: LoRA adapters the source lacks, and with
@@ -84,7 +78,7 @@ def _assemble(config: ModelConfig, arrays: Iterable[tuple[PathTuple, Any]], mesh
     missing = sorted("/".join(p) for p in variables if p not in placed)
     if missing:
         raise CheckpointError(f"parameters missing after loading: {missing[:5]}")
-    nnx.replace_by_pure_dict(state, _nest(placed))
+    nnx.replace_by_pure_dict(state, nest(placed))
     return nnx.merge(graphdef, state)
 
 
@@ -139,6 +133,11 @@ def read_marker(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / MARKER}: unreadable ({err})") from err
     if marker.get("format") != FORMAT:
         raise CheckpointError(f"{path / MARKER}: format {marker.get('format')!r} is not {FORMAT!r}")
+    if marker.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path / MARKER}: jaxmath model directory version {marker.get('version')!r}, this jaxmath reads "
+            f"version {VERSION} (kernels in HF [out, in] layout). Convert the source HF checkpoint again, or "
+            "export this directory to HF with the jaxmath version that wrote it and convert that")
     return marker
 
 
@@ -150,11 +149,9 @@ def _load_jaxmath(path: Path, mesh: Mesh | None, options: Mapping[str, Any], num
         raise CheckpointError(f"{path}: the checkpoint has LoRA adapters (rank {saved.lora_rank}); "
                               "its LoRA settings cannot be changed when loading")
     _, _, variables = _abstract(saved)
-    target = _nest({p: jax.ShapeDtypeStruct(v.get_value().shape, config.weight_dtype, sharding=_sharding(v, mesh))
+    target = nest({p: jax.ShapeDtypeStruct(v.get_value().shape, config.weight_dtype, sharding=_sharding(v, mesh))
                     for p, v in variables.items()})
-    params_dir = (path / "params").absolute()
-    if not params_dir.is_dir():
-        raise CheckpointError(f"{params_dir}: parameter directory is missing")
+    params_dir = _params_dir(path)
     try:
         restored = ocp.StandardCheckpointer().restore(params_dir, target)
     except Exception as err:
@@ -164,20 +161,35 @@ def _load_jaxmath(path: Path, mesh: Mesh | None, options: Mapping[str, Any], num
     return _assemble(config, _without_head(arrays) if new_head else arrays, mesh, new_head)
 
 
+def _stored_params(path: Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The stored config and a tree of sources that restore each parameter to the host when loaded."""
+    marker = read_marker(path)
+    dtype = marker["param_dtype"]
+    config = ModelConfig(**{**marker["model_config"], "dtype": dtype, "param_dtype": dtype})
+    return config, nest(restored_sources(_params_dir(path), expected_shapes(config), numpy_dtype(dtype)))
+
+
+def _params_dir(path: Path) -> Path:
+    params_dir = (path / "params").absolute()
+    if not params_dir.is_dir():
+        raise CheckpointError(f"{params_dir}: parameter directory is missing")
+    return params_dir
+
+
 def hf_config_of(path: Path) -> dict[str, Any]:
     return json.loads((path / "hf_config.json").read_text())
 
 
 def save_jaxmath(out: str | Path, params: Mapping[str, Any], config: ModelConfig, hf_config: Mapping[str, Any],
                  side_files: Iterable[Path] = (), overwrite: bool = False) -> Path:
-    """Write a jaxmath model directory atomically (parameters as a pure nested dict of arrays)."""
+    """Write a jaxmath model directory atomically. `params` is a pure nested dict of host or jax arrays, or of
+    `HostArraySource`s, which are produced one at a time while saving."""
     out = Path(out)
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        # Weights barely compress; skipping zstd makes saving and restoring several times faster.
-        checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False))
-        checkpointer.save((tmp / "params").absolute(), args=ocp.args.PyTreeSave(params))
+        save_params(tmp / "params", params)
         architecture = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_FIELDS}
-        marker = {"format": FORMAT, "version": 1, "param_dtype": config.param_dtype, "model_config": architecture}
+        marker = {"format": FORMAT, "version": VERSION, "param_dtype": config.param_dtype,
+                  "model_config": architecture}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         (tmp / "hf_config.json").write_text(json.dumps(dict(hf_config), indent=2) + "\n")
         (tmp / "hf_files").mkdir()
@@ -192,8 +204,8 @@ def convert_hf_to_jax(hf_dir: str | Path, out: str | Path, dtype: str | None = N
     reader = HFCheckpointReader(hf_dir)
     dtype = dtype or source_dtype(reader)
     config = model_config_from_hf(reader.config, dtype=dtype, param_dtype=dtype)
-    params = _nest(dict(iter_hf_to_jax(reader, config, dtype, progress)))
-    return save_jaxmath(out, params, config, reader.config, reader.side_files(), overwrite)
+    sources = nest(hf_sources(reader, config, dtype, progress))  # read one parameter at a time while saving
+    return save_jaxmath(out, sources, config, reader.config, reader.side_files(), overwrite)
 
 
 def export_to_hf(source: str | Path | Model, out: str | Path, dtype: str | None = None,
@@ -212,9 +224,7 @@ def export_to_hf(source: str | Path | Model, out: str | Path, dtype: str | None 
         path = Path(source)
         if not is_jaxmath_dir(path):
             raise CheckpointError(f"{path}: not a jaxmath model directory (no {MARKER})")
-        model = _load_jaxmath(path, None, {"dtype": read_marker(path)["param_dtype"],
-                                           "param_dtype": read_marker(path)["param_dtype"]})
-        config, params = model.config, nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        config, params = _stored_params(path)
         hf_config = hf_config or hf_config_of(path)
         side = sorted((path / "hf_files").glob("*")) + list(side_files)
     return write_hf_checkpoint(out, params, config, hf_config, dtype or config.param_dtype, side,

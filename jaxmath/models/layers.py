@@ -39,8 +39,8 @@ ones_init: Initializer = jax.nn.initializers.ones
 def add_lora(module: nnx.Module, name: str, in_shape: Sequence[int], in_axes: Sequence[str],
              out_shape: Sequence[int], out_axes: Sequence[str], config: ModelConfig, rngs: nnx.Rngs,
              num_layers: int | None) -> None:
-    """Give projection `name` LoRA factors `{name}_lora_a` [in..., rank] (random) and `{name}_lora_b`
-    [rank, out...] (zeros, so training starts from the base model), when the config targets it."""
+    """Give projection `name` (kernel [out..., in...]) LoRA factors `{name}_lora_a` [in..., rank] (random)
+    and `{name}_lora_b` [rank, out...] (zeros, so training starts from the base model), when targeted."""
     if not config.has_lora(name):
         return
     fan_in = int(np.prod(in_shape))
@@ -56,7 +56,7 @@ def project(module: nnx.Module, name: str, x: jax.Array, equation: str, rng: jax
     """`einsum(equation, x, kernel)` plus the LoRA term when the module has one for `name`.
 
     The LoRA path reuses the equation's letters: x's dims that the kernel contracts go through A to the
-    rank dim "r", which B maps to the kernel's output dims. Dropout applies to the LoRA input only.
+    rank dim "r", which B maps to the kernel's other (output) dims. Dropout applies to the LoRA input only.
     """
     config: ModelConfig = module.config
     out = jnp.einsum(equation, x, getattr(module, name)[...].astype(x.dtype))
@@ -64,7 +64,8 @@ def project(module: nnx.Module, name: str, x: jax.Array, equation: str, rng: jax
         return out
     a, b = getattr(module, f"{name}_lora_a")[...], getattr(module, f"{name}_lora_b")[...]
     (x_sub, k_sub), out_sub = equation.split("->")[0].split(","), equation.split("->")[1]
-    in_sub, kernel_out = k_sub[: a.ndim - 1], k_sub[a.ndim - 1:]
+    in_sub = "".join(c for c in k_sub if c in x_sub)
+    kernel_out = "".join(c for c in k_sub if c not in x_sub)
     mid = "".join(c for c in x_sub if c not in in_sub) + "r"
     if config.lora_dropout and rng is not None:
         keep = jax.random.bernoulli(jax.random.fold_in(rng, config.lora_targets.index(name)),
@@ -97,16 +98,19 @@ def attention_mask(segment_ids_q: jax.Array, segment_ids_kv: jax.Array) -> jax.A
 
 
 class Attention(nnx.Module):
-    """Grouped-query self-attention with optional q/k/v/o biases and q/k RMSNorm (Qwen3)."""
+    """Grouped-query self-attention with optional q/k/v/o biases and q/k RMSNorm (Qwen3).
+
+    Kernels are stored [out..., in...] like HF's nn.Linear weights, so conversion only reshapes them.
+    """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, num_layers: int | None = None):
         c, dt, init = config, config.weight_dtype, normal_init(0.02)
         e, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
         self.config = config
-        self.q_proj = make_param(rngs, (e, n, h), ("embed", "heads", "head_dim"), init, dt, num_layers)
-        self.k_proj = make_param(rngs, (e, k, h), ("embed", "kv_heads", "head_dim"), init, dt, num_layers)
-        self.v_proj = make_param(rngs, (e, k, h), ("embed", "kv_heads", "head_dim"), init, dt, num_layers)
-        self.o_proj = make_param(rngs, (n, h, e), ("heads", "head_dim", "embed"), init, dt, num_layers)
+        self.q_proj = make_param(rngs, (n, h, e), ("heads", "head_dim", "embed"), init, dt, num_layers)
+        self.k_proj = make_param(rngs, (k, h, e), ("kv_heads", "head_dim", "embed"), init, dt, num_layers)
+        self.v_proj = make_param(rngs, (k, h, e), ("kv_heads", "head_dim", "embed"), init, dt, num_layers)
+        self.o_proj = make_param(rngs, (e, n, h), ("embed", "heads", "head_dim"), init, dt, num_layers)
         for name, heads, axis in (("q_proj", n, "heads"), ("k_proj", k, "kv_heads"), ("v_proj", k, "kv_heads")):
             add_lora(self, name, (e,), ("embed",), (heads, h), (axis, "head_dim"), c, rngs, num_layers)
         add_lora(self, "o_proj", (n, h), ("heads", "head_dim"), (e,), ("embed",), c, rngs, num_layers)
@@ -124,9 +128,9 @@ class Attention(nnx.Module):
                     rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Queries, keys and values [batch, length, heads, head_dim], biased, normed and rotated."""
         c, dt = self.config, x.dtype
-        q = project(self, "q_proj", x, "bte,enh->btnh", rng)
-        k = project(self, "k_proj", x, "bte,ekh->btkh", rng)
-        v = project(self, "v_proj", x, "bte,ekh->btkh", rng)
+        q = project(self, "q_proj", x, "bte,nhe->btnh", rng)
+        k = project(self, "k_proj", x, "bte,khe->btkh", rng)
+        v = project(self, "v_proj", x, "bte,khe->btkh", rng)
         if c.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -139,7 +143,7 @@ class Attention(nnx.Module):
         return q, k, v
 
     def project_out(self, attended: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        out = project(self, "o_proj", attended, "btnh,nhe->bte", rng)
+        out = project(self, "o_proj", attended, "btnh,enh->bte", rng)
         if self.config.o_bias:
             out = out + self.o_bias[...].astype(out.dtype)
         return out
@@ -163,15 +167,15 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)); kernels [out, in] like HF's."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, num_layers: int | None = None):
         c, dt, init = config, config.weight_dtype, normal_init(0.02)
         e, m = c.hidden_size, c.intermediate_size
         self.config = config
-        self.gate_proj = make_param(rngs, (e, m), ("embed", "mlp"), init, dt, num_layers)
-        self.up_proj = make_param(rngs, (e, m), ("embed", "mlp"), init, dt, num_layers)
-        self.down_proj = make_param(rngs, (m, e), ("mlp", "embed"), init, dt, num_layers)
+        self.gate_proj = make_param(rngs, (m, e), ("mlp", "embed"), init, dt, num_layers)
+        self.up_proj = make_param(rngs, (m, e), ("mlp", "embed"), init, dt, num_layers)
+        self.down_proj = make_param(rngs, (e, m), ("embed", "mlp"), init, dt, num_layers)
         add_lora(self, "gate_proj", (e,), ("embed",), (m,), ("mlp",), c, rngs, num_layers)
         add_lora(self, "up_proj", (e,), ("embed",), (m,), ("mlp",), c, rngs, num_layers)
         add_lora(self, "down_proj", (m,), ("mlp",), (e,), ("embed",), c, rngs, num_layers)
@@ -182,12 +186,12 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         dt, bias = x.dtype, self.config.mlp_bias
-        gate = project(self, "gate_proj", x, "bte,em->btm", rng)
-        up = project(self, "up_proj", x, "bte,em->btm", rng)
+        gate = project(self, "gate_proj", x, "bte,me->btm", rng)
+        up = project(self, "up_proj", x, "bte,me->btm", rng)
         if bias:
             gate, up = gate + self.gate_bias[...].astype(dt), up + self.up_bias[...].astype(dt)
         hidden = shard_activation(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        out = project(self, "down_proj", hidden, "btm,me->bte", rng)
+        out = project(self, "down_proj", hidden, "btm,em->bte", rng)
         return out + self.down_bias[...].astype(dt) if bias else out
 
 

@@ -34,6 +34,7 @@ def merge_lora(params: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
         lead = a.ndim + b.ndim - 2 - kernel.ndim  # 1 when stacked over layers, else 0
         a2 = a.reshape(*a.shape[:lead], -1, a.shape[-1]).astype(np.float32)
         b2 = b.reshape(*b.shape[:lead], b.shape[lead], -1).astype(np.float32)
-        delta = (a2 @ b2 * config.lora_scale).reshape(kernel.shape)
+        # A B is [in, out]; kernels are stored [out..., in...] (HF layout).
+        delta = (np.swapaxes(a2 @ b2, -1, -2) * config.lora_scale).reshape(kernel.shape)
         merged[kernel_key] = (kernel.astype(np.float32) + delta).astype(kernel.dtype)
     return traverse_util.unflatten_dict(merged)

@@ -116,18 +116,18 @@ class CausalLM(nnx.Module):
         self.config = config
         self.model = Decoder(config, rngs=rngs)
         if not config.tie_word_embeddings:
-            self.lm_head = make_param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"),
+            self.lm_head = make_param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"),
                                       normal_init(0.02), config.weight_dtype, None)
 
-    def head_kernel(self) -> jax.Array:
-        """The [hidden, vocab] output projection."""
+    def head_weight(self) -> jax.Array:
+        """The [vocab, hidden] output projection (HF layout; the embedding when tied)."""
         if self.config.tie_word_embeddings:
-            return self.model.embed_tokens[...].T
+            return self.model.embed_tokens[...]
         return self.lm_head[...]
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         """Project hidden states to vocabulary logits (compute dtype); losses can call this in chunks."""
-        logits = hidden @ self.head_kernel().astype(hidden.dtype)
+        logits = jnp.einsum("...e,ve->...v", hidden, self.head_weight().astype(hidden.dtype))
         return shard_activation(logits, ("batch", "length", "act_vocab"))
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
@@ -151,7 +151,7 @@ class TokenClassifier(nnx.Module):
             raise ValueError("TokenClassifier needs config.num_labels > 0")
         self.config = config
         self.model = Decoder(config, rngs=rngs)
-        self.score = make_param(rngs, (config.hidden_size, config.num_labels), ("embed", "labels"),
+        self.score = make_param(rngs, (config.num_labels, config.hidden_size), ("labels", "embed"),
                                 normal_init(0.02), config.weight_dtype, None)
         self.score_bias = make_param(rngs, (config.num_labels,), ("labels",), zeros_init, config.weight_dtype, None)
 
@@ -160,7 +160,8 @@ class TokenClassifier(nnx.Module):
                  dropout_rng: jax.Array | None = None) -> jax.Array:
         """Per-token label logits [batch, length, num_labels]."""
         hidden = self.model(input_ids, attention_mask, positions, segment_ids, dropout_rng)
-        return hidden @ self.score[...].astype(hidden.dtype) + self.score_bias[...].astype(hidden.dtype)
+        logits = jnp.einsum("...e,le->...l", hidden, self.score[...].astype(hidden.dtype))
+        return logits + self.score_bias[...].astype(hidden.dtype)
 
 
 def build_model(config: ModelConfig, seed: int = 0) -> CausalLM | TokenClassifier:
