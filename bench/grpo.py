@@ -3,9 +3,10 @@
 
 Workload (issue #7): 8 GSM8K prompts (left-padded to 128 tokens) x 8 completions x 128 sampled tokens on the
 peers' random ~55M-parameter Qwen2 (bench/generate.py's `small`: vocab 32000, hidden 512, 8 layers), float32,
-one CPU device, temperature 1, the peers' AdamW (lr 1e-5, weight decay 0.01). Rewards: `correctness` (the
-verifier's worker processes grade the decoded text; random text scores 0) + `numeric`. Variants: beta 0 and
-beta 0.04 (a reference log-prob pass), 1 and 2 minibatches, mu 1.
+one CPU device, temperature 1, the peers' AdamW (lr 1e-5, weight decay 0.01), updates accumulated over
+micro-batches of 8 rows (optimizer.grad_accum). Rewards: `correctness` (the verifier's worker processes grade
+the decoded text; random text scores 0) + `numeric`. Variants: beta 0 and beta 0.04 (a reference log-prob
+pass), 1 and 2 minibatches, mu 1.
 
 Every piece is the loop's own (`jaxmath.train.rl`: build_rl_run, collect, rollout_batch, the run's step_fn,
 in the order train_grpo calls them); the bench only times them. A fixed workload needs every completion to be
@@ -19,7 +20,8 @@ when /tmp/venv-tunix exists, else quoted from the peers' README. On an accelerat
 one is present) the model is Qwen2.5-0.5B-shaped with random weights and the config is the reference one,
 configs/grpo/qwen2.5-0.5b-instruct-gsm8k.yaml (bfloat16 compute, per-device batch 4, ...).
 
-    python bench/grpo.py                          # CPU: 3 variants, ~10 min on a 2-core machine
+    python bench/grpo.py                          # CPU: 3 variants x (warm-up + 1 timed iteration), ~11 CPU-min
+    python bench/grpo.py --iters 3 --variants 0.04:1   # a median over 3 iterations
     python bench/grpo.py --peer-workload          # next to tunix's 14.9 s/iter
     python bench/grpo.py --device gpu --iters 5   # Qwen2.5-0.5B shape, the reference GRPO config
 """
@@ -169,7 +171,7 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
     jax.block_until_ready((state, ref_params))
     rows = []
     for iteration in range(1, warmup + iters + 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         groups, stats = collect(rl, state.params, prompts, iteration)
         collected = time.perf_counter()
         batch = rollout_batch(rl, state.params, ref_params, groups)
@@ -186,16 +188,17 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
         if np.any(groups["lengths"] != g.max_new_tokens):
             raise SystemExit(f"completion lengths {sorted(set(groups['lengths'].tolist()))} != {g.max_new_tokens}: "
                              "not the fixed workload")
-        row = {"total_s": done - start, "rollout_s": stats["rollout_seconds"], "reward_s": stats["reward_seconds"],
+        row = {"total_s": done - start, "cpu_s": time.process_time() - cpu_start,
+               "rollout_s": stats["rollout_seconds"], "reward_s": stats["reward_seconds"],
                "logprob_s": prepared - collected, "update_s": done - prepared,
                "rollout_tok_s": stats["generated_tokens"] / stats["rollout_seconds"],
                "update_tok_s": tokens / (done - prepared), "reward_mean": float(np.mean(groups["rewards"]))}
         rows.append(row)
         kind = "warm-up" if iteration <= warmup else "timed"
+        rest = row["total_s"] - sum(row[k] for k in ("rollout_s", "reward_s", "logprob_s", "update_s"))
         print(f"  iteration {iteration}/{warmup + iters} ({kind}): {row['total_s']:.1f} s = rollout "
               f"{row['rollout_s']:.1f} + reward {row['reward_s']:.2f} + log-probs {row['logprob_s']:.1f} + update "
-              f"{row['update_s']:.1f} (+ host {row['total_s'] - row['rollout_s'] - row['reward_s'] - row['logprob_s'] - row['update_s']:.2f})",
-              flush=True)
+              f"{row['update_s']:.1f} (+ other {rest:.2f}); {row['cpu_s']:.1f} CPU s", flush=True)
     steady = rows[warmup:]
     summary = {key: statistics.median(r[key] for r in steady) for key in steady[0]}
     return {"warmup_s": rows[0]["total_s"], **summary, "iterations_s": [r["total_s"] for r in steady],
@@ -220,7 +223,8 @@ def tunix_figure(model_dir: Path, tmp: Path) -> dict[str, Any]:
                          capture_output=True, text=True, env=env, check=False)
     try:
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        return {"s_per_iter": result["grpo_s_per_iter_median"], "first_iter_s": result["grpo_first_iter_s_incl_compile"],
+        return {"s_per_iter": result["grpo_s_per_iter_median"],
+                "first_iter_s": result["grpo_first_iter_s_incl_compile"],
                 "iters": ", ".join(str(t) for t in result["grpo_iter_times_s"]),
                 "source": "live run of ../shared/peers/tunix_bench.py --sections grpo --grpo-iters 3"}
     except (IndexError, KeyError, json.JSONDecodeError):
@@ -236,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                         help="auto: the accelerator workload when JAX sees one, else the CPU one")
     parser.add_argument("--peer-workload", action="store_true", help="tunix's GRPO workload, next to its figure")
-    parser.add_argument("--iters", type=int, default=2, help="timed iterations per variant (median reported)")
+    parser.add_argument("--iters", type=int, default=1, help="timed iterations per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first (the first compiles)")
     parser.add_argument("--variants", type=parse_variant, nargs="+", default=None, metavar="BETA:MINIBATCHES",
                         help="default: 0:1 0.04:1 0.04:2 (CPU), 0.04:1 (--peer-workload), the reference "
@@ -249,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 1:
         parser.error("--iters and --warmup must be >= 1")
-    os.environ.pop("XLA_FLAGS", None)  # one device per platform, as in the peers' runs (before jax is imported)
+    # One CPU device, as in the peers' runs (tests simulate 8); set before jax is imported.
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join(flags)
     if args.device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
@@ -270,13 +276,14 @@ def main(argv: list[str] | None = None) -> int:
         if on_reference:
             import yaml
 
-            reference = yaml.safe_load(args.config.read_text())["grpo"]
-            fmt, prompt_len = yaml.safe_load(args.config.read_text())["data"]["format"], reference["max_prompt_len"]
-            variants = args.variants or [(reference["loss"]["beta"], reference["minibatches"]),
-                                         (0.0, reference["minibatches"])]
-            workload = (f"reference config {args.config.name}: {reference['prompts_per_step']} prompts x "
-                        f"{reference['group_size']} completions x {reference['max_new_tokens']} tokens, prompts "
-                        f"padded to {prompt_len}, Qwen2.5-0.5B shape (random), bfloat16 compute")
+            config = yaml.safe_load(args.config.read_text())
+            g = config["grpo"]
+            fmt, prompt_len = config["data"]["format"], g["max_prompt_len"]
+            variants = args.variants or [(g["loss"]["beta"], g["minibatches"]), (0.0, g["minibatches"])]
+            workload = (f"reference config {args.config.name}: {g['prompts_per_step']} prompts x {g['group_size']} "
+                        f"completions x {g['max_new_tokens']} tokens, prompts padded to {prompt_len}, mu "
+                        f"{g['mu']}, grad_accum {config['optimizer'].get('grad_accum', 1)}, Qwen2.5-0.5B shape "
+                        f"(random weights), {config['model'].get('dtype', 'float32')} compute")
         else:
             from generate import build_small  # bench/generate.py: the peers' seeded `small` checkpoint
 
@@ -284,39 +291,47 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = build_small(args.cache_dir)
             fmt, prompt_len, variants = "boxed", w.prompt_len, args.variants or list(w.variants)
             workload = (f"{w.name}: {w.prompts} prompts x {w.group_size} completions x {w.new_tokens} tokens, "
-                        f"prompts padded to {w.prompt_len}, temperature {w.temperature}, micro-batches of {w.micro_rows} rows, "
-                        f"peers' small Qwen2, float32")
+                        f"prompts padded to {w.prompt_len}, temperature {w.temperature}, micro-batches of "
+                        f"{w.micro_rows} rows, peers' small Qwen2, float32")
         tokenizer, prompts = prepare_inputs(args.data_dir, tmp, fmt, prompt_len)
         steps = args.warmup + args.iters
         for beta, minibatches in variants:
             out = tmp / f"run_{beta}_{minibatches}"
-            print(f"beta {beta}, minibatches {minibatches}, mu 1:", flush=True)
+            print(f"beta {beta}, minibatches {minibatches}:", flush=True)
             raw = (reference_config(args.config, tokenizer, prompts, out, beta, minibatches, steps) if on_reference
                    else small_config(model_dir, tokenizer, prompts, out, w, beta, minibatches, steps))
             results.append({"beta": beta, "minibatches": minibatches, **run_variant(raw, args.warmup, args.iters)})
         if args.peer_workload:
             tunix = tunix_figure(model_dir, tmp)
 
-    host = {"load_average_start": load, "load_average_end": os.getloadavg()[0],
+    host = {"backend": jax.default_backend(), "load_average_start": load, "load_average_end": os.getloadavg()[0],
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-    print(f"\nGRPO iteration, {workload}; {results[0]['params'] / 1e6:.1f}M parameters, "
-          f"{results[0]['devices']} {jax.default_backend()} device(s); median of {args.iters} timed iteration(s); "
-          f"host load average {host['load_average_start']:.1f} -> {host['load_average_end']:.1f} on "
-          f"{os.cpu_count()} cores, peak RSS {host['peak_rss_gib']:.1f} GiB")
-    print(f"{'variant':<16} {'warm-up s':>9} {'total s':>8} {'rollout s':>9} {'reward s':>8} {'logprob s':>9} "
-          f"{'update s':>8} {'rollout tok/s':>13} {'update tok/s':>12}")
+    print_report(workload, host, results, tunix, args.iters)
+    return 0
+
+
+def print_report(workload: str, host: dict[str, Any], results: list[dict[str, Any]], tunix: dict[str, Any] | None,
+                 iters: int) -> None:
+    """The table, tunix's figure when there is one, and one JSON line with everything."""
+    print(f"\nGRPO iteration, {workload}; {results[0]['params'] / 1e6:.1f}M parameters, {results[0]['devices']} "
+          f"{host['backend']} device(s); median of {iters} timed iteration(s); host load average "
+          f"{host['load_average_start']:.1f} -> {host['load_average_end']:.1f} on {os.cpu_count()} cores, peak RSS "
+          f"{host['peak_rss_gib']:.1f} GiB")
+    print(f"{'variant':<16} {'warm-up s':>9} {'total s':>8} {'cpu s':>7} {'rollout s':>9} {'reward s':>8} "
+          f"{'logprob s':>9} {'update s':>8} {'rollout tok/s':>13} {'update tok/s':>12}")
     for r in results:
         print(f"{'beta ' + str(r['beta']) + ', mb ' + str(r['minibatches']):<16} {r['warmup_s']:>9.1f} "
-              f"{r['total_s']:>8.2f} {r['rollout_s']:>9.2f} {r['reward_s']:>8.2f} {r['logprob_s']:>9.2f} "
-              f"{r['update_s']:>8.2f} {r['rollout_tok_s']:>13.1f} {r['update_tok_s']:>12.1f}")
-    print("logprob = the reference (beta > 0) log-prob pass; update tok/s counts scored completion tokens, as "
-          "metrics.jsonl does")
+              f"{r['total_s']:>8.2f} {r['cpu_s']:>7.1f} {r['rollout_s']:>9.2f} {r['reward_s']:>8.2f} "
+              f"{r['logprob_s']:>9.2f} {r['update_s']:>8.2f} {r['rollout_tok_s']:>13.1f} {r['update_tok_s']:>12.1f}")
+    print("cpu s = this process's CPU seconds in the iteration, all threads (steadier than wall time on a shared "
+          "host); logprob s = the reference (beta > 0) log-prob pass; update tok/s counts scored completion "
+          "tokens, as metrics.jsonl does")
     if tunix is not None:
-        print(f"tunix GRPOLearner, same workload and checkpoint: {tunix['s_per_iter']:.2f} s/iter median "
-              f"(iterations {tunix['iters']}), first iteration {tunix['first_iter_s']:.1f} s; source: {tunix['source']}")
-        print(f"jaxmath / tunix s/iter: {results[0]['total_s'] / tunix['s_per_iter']:.2f}x")
-    print(json.dumps({"workload": workload, "backend": jax.default_backend(), **host, "results": results, "tunix": tunix}))
-    return 0
+        print(f"tunix GRPOLearner, same workload and checkpoint: {tunix['s_per_iter']:.2f} s/iter median (iterations "
+              f"{tunix['iters']}), first iteration {tunix['first_iter_s']:.1f} s; source: {tunix['source']}")
+        print(f"jaxmath s/iter / tunix s/iter: {results[0]['total_s'] / tunix['s_per_iter']:.2f} (above 1: jaxmath "
+              f"slower; a quoted figure comes from another run, under another host load)")
+    print(json.dumps({"workload": workload, **host, "results": results, "tunix": tunix}))
 
 
 if __name__ == "__main__":
