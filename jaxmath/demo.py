@@ -143,6 +143,15 @@ def demo_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--grpo-steps", type=int, default=None,
                         help=f"GRPO iterations (default {GRPO_CONFIG['train']['steps']})")
     parser.add_argument("--held-out", type=int, default=None, help=f"held-out problems graded (default {HELD_OUT})")
+    parser.add_argument("--problems", nargs="+", default=None, metavar="GENERATOR=COUNT",
+                        help="generated problems for both stages (default "
+                             + " ".join(f"{k}={v}" for k, v in DATA["synthetic"].items()) + ")")
     args = parser.parse_args(argv)
-    run_demo(args.output_dir, args.sft_steps, args.grpo_steps, args.held_out)
+    problems = None
+    if args.problems:
+        try:
+            problems = {name: int(count) for name, count in (item.split("=", 1) for item in args.problems)}
+        except ValueError:
+            parser.error(f"--problems takes GENERATOR=COUNT items, got {args.problems}")
+    run_demo(args.output_dir, args.sft_steps, args.grpo_steps, args.held_out, problems)
     return 0
