@@ -1,0 +1,163 @@
+"""Multi-stage pipelines (Qwen2.5-Math style: teacher data -> SFT -> GRPO -> PRM -> DPO -> length-aware RL).
+
+A pipeline config lists stages in order. A training stage names a run config (configs/<stage>/*.yaml) plus
+dotted overrides, and `init_from` an earlier stage whose final model and tokenizer it starts from; a command
+stage runs a `jaxmath` subcommand (e.g. `data synthesize`, `data pairs`, `eval`) whose arguments may name
+`{out}` (the pipeline's directory), `{stage}` (this stage's directory) or `{NAME}` (stage NAME's directory).
+Each stage runs in `<output_dir>/<name>/` and marks itself done (`stage.json`, written atomically) when it
+finishes; a rerun skips finished stages and resumes an interrupted training stage from its last checkpoint,
+and `--from-stage NAME` reruns NAME and everything after it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jaxmath.config import ConfigError, apply_overrides, from_dict, load_config
+
+DONE = "stage.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One step of a pipeline: a training run (`config`) or a jaxmath subcommand (`command`)."""
+
+    name: str
+    config: str | None = None  # a training config (YAML), relative to the working directory
+    set: list[str] = dataclasses.field(default_factory=list)  # dotted overrides of that config
+    init_from: str | None = None  # an earlier stage: its final_model/ and tokenizer/ seed this one
+    command: list[str] | None = None  # e.g. [data, pairs, --input, "{eval}/samples.jsonl", ...]
+
+    def __post_init__(self) -> None:
+        if (self.config is None) == (self.command is None):
+            raise ValueError(f"stage {self.name!r}: set exactly one of config (training) and command")
+        if self.command is not None and (self.set or self.init_from):
+            raise ValueError(f"stage {self.name!r}: set and init_from apply to training stages only")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    output_dir: str = "runs/pipeline"
+    stages: list[Stage] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("a pipeline needs at least one stage")
+        seen: set[str] = set()
+        for stage in self.stages:
+            if stage.name in seen or not stage.name.isidentifier():
+                raise ValueError(f"stage names must be unique identifiers, got {stage.name!r}")
+            if stage.init_from is not None and stage.init_from not in seen:
+                raise ValueError(f"stage {stage.name!r}: init_from {stage.init_from!r} is not an earlier stage")
+            seen.add(stage.name)
+
+
+def stage_train_config(stage: Stage, out: Path, names: list[str]) -> Any:
+    """The TrainConfig of a training stage: its YAML, its overrides, its directory, and the model and
+    tokenizer of `init_from` in place of the config's own."""
+    from jaxmath.train.config import TrainConfig
+
+    path = Path(stage.config)
+    if not path.is_file():
+        raise ConfigError(f"stage {stage.name}: config file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw = apply_overrides(raw, [_expand(item, stage, out, names) for item in stage.set])
+    raw["output_dir"] = str(out / stage.name)
+    if stage.init_from is not None:
+        source = out / stage.init_from
+        model = {k: v for k, v in raw.get("model", {}).items() if k != "init"}
+        raw["model"] = {**model, "path": str(source / "final_model")}
+        raw.setdefault("data", {})["tokenizer"] = str(source / "tokenizer")
+    try:
+        return from_dict(TrainConfig, raw)
+    except ConfigError as err:
+        raise ConfigError(f"stage {stage.name} ({path}): {err}") from err
+
+
+def _expand(argument: str, stage: Stage, out: Path, names: list[str]) -> str:
+    """`{out}`, `{stage}` and `{NAME}` (a stage) replaced by directories; other braces (YAML) left alone."""
+    places = {"out": str(out), "stage": str(out / stage.name), **{n: str(out / n) for n in names}}
+    return re.sub(r"\{(\w+)\}", lambda m: places.get(m.group(1), m.group(0)), argument)
+
+
+def run_stage(stage: Stage, out: Path, names: list[str]) -> dict[str, Any]:
+    """Run one stage (resuming a training run from its own checkpoints); returns its summary."""
+    (out / stage.name).mkdir(parents=True, exist_ok=True)
+    if stage.command is not None:
+        from jaxmath.cli import main as jaxmath_main
+
+        argv = [_expand(a, stage, out, names) for a in stage.command]
+        code = jaxmath_main(argv)
+        if code != 0:
+            raise RuntimeError(f"stage {stage.name}: `jaxmath {' '.join(argv)}` exited with {code}")
+        return {"command": argv}
+    from jaxmath.train.trainer import train
+
+    config = stage_train_config(stage, out, names)
+    if stage.init_from is not None and not (out / stage.init_from / "final_model").is_dir():
+        raise FileNotFoundError(f"stage {stage.name}: {out / stage.init_from / 'final_model'} does not exist "
+                                f"(did stage {stage.init_from} export its model? train.export_hf must be true)")
+    return train(config, config.output_dir, resume=True)
+
+
+def _mark_done(directory: Path, summary: dict[str, Any]) -> None:
+    tmp = directory / f".{DONE}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    os.replace(tmp, directory / DONE)
+
+
+def run_pipeline(config: PipelineConfig, output_dir: str | Path | None = None,
+                 from_stage: str | None = None) -> dict[str, dict[str, Any]]:
+    """Run the stages in order, skipping those already done (unless at or after `from_stage`)."""
+    out = Path(output_dir or config.output_dir)
+    names = [s.name for s in config.stages]
+    if from_stage is not None and from_stage not in names:
+        raise ConfigError(f"--from-stage {from_stage!r} is not a stage; stages: {names}")
+    out.mkdir(parents=True, exist_ok=True)
+    first_forced = names.index(from_stage) if from_stage else len(names)
+    summaries: dict[str, dict[str, Any]] = {}
+    for index, stage in enumerate(config.stages):
+        marker = out / stage.name / DONE
+        if index >= first_forced and marker.exists():
+            marker.unlink()  # rerun it and everything after it
+        if marker.exists():
+            summaries[stage.name] = json.loads(marker.read_text())
+            print(f"[pipeline] {index + 1}/{len(names)} {stage.name}: done already, skipped", flush=True)
+            continue
+        print(f"[pipeline] {index + 1}/{len(names)} {stage.name}: running in {out / stage.name}", flush=True)
+        start = time.perf_counter()
+        summary = {**run_stage(stage, out, names), "seconds": round(time.perf_counter() - start, 1)}
+        _mark_done(out / stage.name, summary)
+        summaries[stage.name] = summary
+    (out / "pipeline.json").write_text(json.dumps(summaries, indent=2, default=str) + "\n")
+    return summaries
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run a multi-stage pipeline config; finished stages are skipped, an interrupted one resumes."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="pipeline YAML (see configs/pipeline/)")
+    parser.add_argument("--output-dir", default=None, help="pipeline directory (default: the config's output_dir)")
+    parser.add_argument("--from-stage", default=None, metavar="NAME", help="rerun this stage and all after it")
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        summaries = run_pipeline(load_config(PipelineConfig, args.config), args.output_dir, args.from_stage)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:  # TrainingError is a RuntimeError
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summaries, indent=2, default=str))
+    return 0
