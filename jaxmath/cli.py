@@ -2,8 +2,9 @@
 
     jaxmath convert hf-to-jax --hf path/to/hf_dir --out ckpt/ [--dtype bfloat16]
     jaxmath convert jax-to-hf --ckpt ckpt/ --out hf_out/ [--dtype bfloat16] [--max-shard-size 5GB]
-    jaxmath demo [--output-dir runs/demo]   the whole loop on a CPU in minutes, nothing downloaded
-    jaxmath train --config configs/{sft,dpo,prm}/tiny-cpu.yaml [--set key=value] [--resume] [--dry-run]
+    jaxmath demo [--output-dir runs/demo]   SFT then GRPO on a CPU in minutes, nothing downloaded
+    jaxmath train --config configs/{sft,grpo,dpo,prm}/tiny-cpu.yaml [--set key=value] [--resume] [--dry-run]
+    jaxmath pipeline --config configs/pipeline/tiny-cpu.yaml [--from-stage dpo]
     jaxmath data build ...            (see `jaxmath data build --help`)
     jaxmath data synthesize --teacher URL_OR_PATH --input problems.jsonl --output pot.jsonl
     jaxmath data revise --teacher URL_OR_PATH --input problems.jsonl --rounds 2 --output-dir revise/
@@ -168,6 +169,12 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     return evaluate(argv, prog)
 
 
+def pipeline_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    from jaxmath.pipeline import main as pipeline
+
+    return pipeline(argv, prog)
+
+
 def demo_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from jaxmath.demo import demo_main as demo
 
@@ -180,6 +187,7 @@ COMMANDS: dict[str, dict[str, Callable[..., int]]] = {
     "generate": {"": generate_main},
     "train": {"": train_main},
     "demo": {"": demo_main},
+    "pipeline": {"": pipeline_main},
     "eval": {"": eval_main},
 }
 

@@ -155,7 +155,7 @@ def test_prm_starts_from_a_causal_lm_with_a_fresh_head(tmp_path):
         theirs = hf.model(input_ids=torch.tensor(ids)).last_hidden_state.numpy()
     np.testing.assert_allclose(np.asarray(model.model(ids)), theirs, atol=1e-4)  # the decoder is the LM's
     score = np.asarray(model.score[...])
-    assert score.shape == (64, 2) and 0.01 < score.std() < 0.03 and not np.asarray(model.score_bias[...]).any()
+    assert score.shape == (2, 64) and 0.01 < score.std() < 0.03 and not np.asarray(model.score_bias[...]).any()
     classifier = save_tiny(tiny_model("qwen2", token_classification=True, num_labels=2), tmp_path / "clf")
     with pytest.raises(ValueError, match="token classifier"):
         build_run(config(DPO, **{"model.path": str(classifier), "model.init": "null"}), tmp_path / "x",
