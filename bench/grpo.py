@@ -8,7 +8,7 @@ micro-batches of 8 rows (optimizer.grad_accum). Rewards: `correctness` (the veri
 the decoded text; random text scores 0) + `numeric`. Variants: beta 0 and beta 0.04 (a reference log-prob
 pass), 1 and 2 minibatches, mu 1.
 
-Every piece is the loop's own (`jaxmath.train.rl`: build_rl_run, collect, rollout_batch, the run's step_fn,
+Every piece is the loop's own (`jaxmath.train.rl`: build_rl_run, collect, rollout_batch, update_policy,
 in the order train_grpo calls them); the bench only times them. A fixed workload needs every completion to be
 exactly max_new_tokens long, so the run's stop ids are emptied (`RLRun.eos_ids = []`, as the peers put eos
 outside the vocabulary): the sampler then never stops early, and the bench checks every length. Prompts and
@@ -152,10 +152,9 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
     from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
     from jaxmath.train.config import TrainConfig
     from jaxmath.train.optimizer import make_optimizer
-    from jaxmath.train.rl import build_rl_run, collect, rollout_batch
-    from jaxmath.train.rollout import take_rows
+    from jaxmath.train.rl import build_rl_run, collect, rollout_batch, update_policy
     from jaxmath.train.state import init_train_state
-    from jaxmath.train.trainer import load_params, to_global
+    from jaxmath.train.trainer import load_params
 
     config = from_dict(TrainConfig, raw)
     rl = dataclasses.replace(build_rl_run(config), eos_ids=[])  # never stop early: fixed-length completions
@@ -176,14 +175,8 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
         collected = time.perf_counter()
         batch = rollout_batch(rl, state.params, ref_params, groups)
         prepared = time.perf_counter()
-        tokens = 0.0
-        order_rng = np.random.default_rng([tc.seed, iteration])  # train_grpo's update loop
-        for _ in range(g.mu):
-            order = order_rng.permutation(batch["input_ids"].shape[0])
-            for k in range(g.minibatches):
-                minibatch = take_rows(batch, order[k * rl.minibatch_rows:(k + 1) * rl.minibatch_rows])
-                state, metrics = run.step_fn(state, to_global(minibatch, run.batch_sharding))
-                tokens += float(jax.device_get(metrics)["tokens"])  # the read-back blocks until it is done
+        state, updates = update_policy(rl, state, batch, iteration)  # reads the metrics back: finished
+        tokens = sum(u["tokens"] for u in updates)
         done = time.perf_counter()
         if np.any(groups["lengths"] != g.max_new_tokens):
             raise SystemExit(f"completion lengths {sorted(set(groups['lengths'].tolist()))} != {g.max_new_tokens}: "

@@ -242,6 +242,22 @@ def rollout_batch(rl: RLRun, params: Any, ref_params: Any | None, groups: dict[s
     return batch
 
 
+def update_policy(rl: RLRun, state: Any, batch: dict[str, np.ndarray], iteration: int
+                  ) -> tuple[Any, list[dict[str, float]]]:
+    """`mu` passes over the rollout batch in `minibatches` seeded shuffled minibatches, one train step each;
+    returns the new state and each update's metrics (read back, so the updates have finished)."""
+    g, rows = rl.grpo, rl.minibatch_rows // jax.process_count()
+    order_rng = np.random.default_rng([rl.run.config.train.seed, iteration])
+    updates = []
+    for _ in range(g.mu):
+        order = order_rng.permutation(batch["input_ids"].shape[0])
+        for k in range(g.minibatches):
+            minibatch = take_rows(batch, order[k * rows:(k + 1) * rows])
+            state, metrics = rl.run.step_fn(state, to_global(minibatch, rl.run.batch_sharding))
+            updates.append({key: float(v) for key, v in jax.device_get(metrics).items()})
+    return state, updates
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -310,22 +326,14 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
     for iteration in range(start + 1, tc.steps + 1):
         groups, stats = collect(rl, state.params, prompts, iteration)
         batch = rollout_batch(rl, state.params, ref_params, groups)
-        update_start, totals, updates = time.perf_counter(), {}, []
-        order_rng = np.random.default_rng([tc.seed, iteration])
-        local_rows = rl.minibatch_rows // jax.process_count()
-        for _ in range(g.mu):
-            order = order_rng.permutation(batch["input_ids"].shape[0])
-            for k in range(g.minibatches):
-                minibatch = take_rows(batch, order[k * local_rows:(k + 1) * local_rows])
-                state, metrics = run.step_fn(state, to_global(minibatch, run.batch_sharding))
-                values = {k2: float(v) for k2, v in jax.device_get(metrics).items()}
-                updates.append(values)
-                for key, value in values.items():
-                    totals[key] = totals.get(key, 0.0) + value
-                bad_updates = bad_updates + 1 if values["skipped"] else 0
-                if bad_updates >= tc.max_bad_steps:
-                    raise TrainingError(f"{bad_updates} consecutive GRPO updates had a non-finite loss or gradient "
-                                        f"(iteration {iteration}); stopping. Lower the learning rate.")
+        update_start = time.perf_counter()
+        state, updates = update_policy(rl, state, batch, iteration)
+        for values in updates:
+            bad_updates = bad_updates + 1 if values["skipped"] else 0
+        if bad_updates >= tc.max_bad_steps:
+            raise TrainingError(f"{bad_updates} consecutive GRPO updates had a non-finite loss or gradient "
+                                f"(iteration {iteration}); stopping. Lower the learning rate.")
+        totals = {key: sum(u[key] for u in updates) for key in updates[0]}
         row = _log_row(rl, iteration, stats, groups, totals, updates, time.perf_counter() - update_start)
         if keeps_reference and iteration % g.ref_refresh_every == 0:
             ref_params = rl.copy_params(state.params)
