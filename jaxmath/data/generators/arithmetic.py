@@ -51,8 +51,9 @@ def _column_sum(rng: random.Random, high: int) -> Problem:
     units = a % 10 + b % 10
     lines = [f"Units: {a % 10} + {b % 10} = <<{a % 10}+{b % 10}={units}>>{units}"]
     if high > 9:
-        tens = a // 10 + b // 10 + units // 10
-        lines.append(f"Tens: {a // 10} + {b // 10} + {units // 10} = <<{a // 10}+{b // 10}+{units // 10}={tens}>>{tens}")
+        ta, tb, carry = a // 10, b // 10, units // 10
+        tens = ta + tb + carry
+        lines.append(f"Tens: {ta} + {tb} + {carry} = <<{ta}+{tb}+{carry}={tens}>>{tens}")
     lines.append(f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}")
     return Problem(question.format(a=a, b=b), str(a + b), str(a + b), "\n".join(lines))
 
