@@ -327,6 +327,21 @@ def test_prm_step_bonus_is_a_reward_function(trained, held_out):
         prm_step_bonus(trained["scorer"], how="mean")
 
 
+def test_prm_steps_is_a_registered_reward_grpo_configs_can_weight(trained, held_out):
+    from jaxmath.verify.rewards import combine_rewards
+
+    p = held_out[0]
+    completions = [solution_text(c["steps"]) for c in p["candidates"][:3]]
+    examples = [{"question": p["question"], "answer": p["answer"]}] * 3
+    total, per_function = combine_rewards(completions, examples, {"prm_steps": 0.5},
+                                          params={"prm_steps": {"model": str(trained["path"]), "how": "min"}})
+    direct = prm_step_bonus(PRMScorer.from_pretrained(trained["path"], FMT, progress=False), "min")
+    np.testing.assert_allclose(per_function["prm_steps"], direct(completions, examples), rtol=1e-5)
+    np.testing.assert_allclose(total, 0.5 * per_function["prm_steps"], rtol=1e-6)
+    with pytest.raises(ValueError, match="prm_steps needs its PRM directory"):
+        combine_rewards(completions, examples, {"prm_steps": 1.0})
+
+
 def test_prm_filter_command(trained, held_out, tmp_path, capsys):
     rows = filter_rows(held_out)
     source = tmp_path / "samples.jsonl"

@@ -2,10 +2,13 @@
 
 `prm_step_bonus(scorer, how="min")` returns a function with the reward signature
 `f(completions, examples) -> float32[n]` of `jaxmath.verify.rewards`, to be weighted next to correctness
-(an optional step-quality bonus). A completion without steps scores 0.
+(an optional step-quality bonus). A completion without steps scores 0. In a GRPO config the same bonus is
+the registered reward `prm_steps`: `rewards: {correctness: 1.0, prm_steps: 0.2}` with
+`reward_params: {prm_steps: {model: runs/prm/final_model, how: min}}`.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -38,3 +41,9 @@ def prm_step_bonus(scorer: PRMScorer, how: str = "min") -> RewardFn:
         return np.asarray([0.0 if s is None else s for s in scores], np.float32)
 
     return prm_bonus
+
+
+@functools.lru_cache(maxsize=4)
+def loaded_step_bonus(model: str, how: str = "min", fmt: str = "boxed") -> RewardFn:
+    """`prm_step_bonus` of the PRM in directory `model`, loaded once per (model, how, format) per process."""
+    return prm_step_bonus(PRMScorer.from_pretrained(model, fmt, progress=False), how)

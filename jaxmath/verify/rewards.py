@@ -325,6 +325,18 @@ def program_execution(completions: Sequence[str], examples: Sequence[Mapping], *
     return scores
 
 
+@register("prm_steps")
+def prm_steps(completions: Sequence[str], examples: Sequence[Mapping], *, model: str = "", how: str = "min",
+              format: str = "boxed") -> np.ndarray:
+    """Step-quality bonus: each completion's `how`-aggregated step score (P(good)) from the process reward
+    model in directory `model`, trained in prompt `format`; loaded once per process; 0 without steps."""
+    if not model:
+        raise ValueError("reward prm_steps needs its PRM directory: reward_params: {prm_steps: {model: PATH}}")
+    from jaxmath.prm.reward import loaded_step_bonus
+
+    return loaded_step_bonus(model, how, format)(completions, examples)
+
+
 # --- combination ----------------------------------------------------------------------------------
 def combine_rewards(completions: Sequence[str], examples: Sequence[Mapping], weights: Mapping[str, float], *,
                     params: Mapping[str, Mapping[str, Any]] | None = None,
