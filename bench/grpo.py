@@ -151,7 +151,6 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
     from jaxmath.data.formats import get_format
     from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
     from jaxmath.train.config import TrainConfig
-    from jaxmath.train.optimizer import make_optimizer
     from jaxmath.train.rl import build_rl_run, collect, rollout_batch, update_policy
     from jaxmath.train.state import init_train_state
     from jaxmath.train.trainer import load_params
@@ -164,8 +163,7 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
                                       group_size=g.group_size,
                                       options=PipelineOptions(seed=config.data.seed, num_epochs=None)).dataset)
     params = load_params(config, run.model_config, run.mesh, run.shardings.params)
-    state = init_train_state(params, make_optimizer(config.optimizer, tc.steps * rl.updates_per_iteration)[0],
-                             tc.seed, run.shardings, run.trainable)
+    state = init_train_state(params, run.optimizer, tc.seed, run.shardings, run.trainable)
     ref_params = rl.copy_params(state.params) if g.loss.beta > 0 else None
     jax.block_until_ready((state, ref_params))
     rows = []

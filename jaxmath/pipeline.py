@@ -20,9 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from jaxmath.config import ConfigError, apply_overrides, from_dict, load_config
+from jaxmath.config import ConfigError, load_config
 
 DONE = "stage.json"
 
@@ -66,21 +64,15 @@ def stage_train_config(stage: Stage, out: Path, names: list[str]) -> Any:
     tokenizer of `init_from` in place of the config's own."""
     from jaxmath.train.config import TrainConfig
 
-    path = Path(stage.config)
-    if not path.is_file():
-        raise ConfigError(f"stage {stage.name}: config file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    raw = apply_overrides(raw, [_expand(item, stage, out, names) for item in stage.set])
-    raw["output_dir"] = str(out / stage.name)
+    overrides = [_expand(item, stage, out, names) for item in stage.set] + [f"output_dir={out / stage.name}"]
     if stage.init_from is not None:
         source = out / stage.init_from
-        model = {k: v for k, v in raw.get("model", {}).items() if k != "init"}
-        raw["model"] = {**model, "path": str(source / "final_model")}
-        raw.setdefault("data", {})["tokenizer"] = str(source / "tokenizer")
+        overrides += ["model.init=null", f"model.path={source / 'final_model'}",
+                      f"data.tokenizer={source / 'tokenizer'}"]
     try:
-        return from_dict(TrainConfig, raw)
+        return load_config(TrainConfig, stage.config, overrides)
     except ConfigError as err:
-        raise ConfigError(f"stage {stage.name} ({path}): {err}") from err
+        raise ConfigError(f"stage {stage.name}: {err}") from err
 
 
 def _expand(argument: str, stage: Stage, out: Path, names: list[str]) -> str:

@@ -20,6 +20,11 @@ def _as_tree(state: TrainState) -> dict[str, Any]:
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(TrainState)}
 
 
+def _target(tree: Any) -> Any:
+    """Restore targets: each leaf's shape, dtype and sharding."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
 class TrainCheckpointer:
     """Save/restore TrainState + data-iterator state + metadata under `directory/<step>/`."""
 
@@ -41,24 +46,25 @@ class TrainCheckpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def restore(self, abstract_state: TrainState, step: int | None = None
-                ) -> tuple[TrainState, dict[str, Any], dict[str, Any]]:
-        """Restore (state, data_state, meta); `abstract_state` gives shapes, dtypes and target shardings."""
+    def _step(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint to resume from in {self.directory}")
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                              _as_tree(abstract_state))
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+        return step
+
+    def restore(self, abstract_state: TrainState, step: int | None = None
+                ) -> tuple[TrainState, dict[str, Any], dict[str, Any]]:
+        """Restore (state, data_state, meta); `abstract_state` gives shapes, dtypes and target shardings."""
+        restored = self.manager.restore(self._step(step), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_target(_as_tree(abstract_state))), data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
         state = TrainState(**restored["state"])
         return state, dict(restored["data"] or {}), dict(restored["meta"] or {})
 
     def restore_reference(self, abstract_params: Any, step: int | None = None) -> Any:
         """The `reference` params saved with a checkpoint, placed like `abstract_params`."""
-        step = self.latest_step() if step is None else step
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_params)
-        restored = self.manager.restore(step, args=ocp.args.Composite(reference=ocp.args.StandardRestore(target)))
+        restored = self.manager.restore(self._step(step), args=ocp.args.Composite(
+            reference=ocp.args.StandardRestore(_target(abstract_params))))
         return restored["reference"]
 
     def wait(self) -> None:

@@ -22,29 +22,25 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxmath.config import dump_yaml
 from jaxmath.data.formats import get_format
 from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
 from jaxmath.evaluation import stop_token_ids
-from jaxmath.models.transformer import build_model
-from jaxmath.objectives import compute_advantages, make_loss, metric_means
+from jaxmath.objectives import compute_advantages, metric_means
 from jaxmath.objectives.grpo import policy_log_probs
-from jaxmath.parallel import BATCH_AXES, initialize_distributed, make_mesh
-from jaxmath.sampling import GenerationOutput, completion_texts, generate
+from jaxmath.parallel import BATCH_AXES, initialize_distributed
+from jaxmath.sampling import GenerationOutput, generate, truncate_at_stop
 from jaxmath.train.checkpointing import TrainCheckpointer
 from jaxmath.train.config import GRPOSection, TrainConfig
 from jaxmath.train.metrics import MetricsWriter
-from jaxmath.train.optimizer import make_optimizer
 from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, reward_statistics, take_rows,
                                    train_batch, useful_groups)
-from jaxmath.train.state import init_train_state, param_shardings, state_shardings, trainable_predicate
-from jaxmath.train.step import batch_shardings, make_train_step
-from jaxmath.train.trainer import (Run, TrainingError, _hf_config_dict, abstract_state, evaluate_accuracy,
-                                   export_final, load_params, load_records, model_config, prepare_tokenizer,
-                                   to_global)
+from jaxmath.train.state import init_train_state
+from jaxmath.train.trainer import (Run, TrainingError, abstract_state, build_run, evaluate_accuracy, export_final,
+                                   load_params, to_global)
 from jaxmath.verify.rewards import combine_rewards
 
 log = logging.getLogger(__name__)
@@ -55,75 +51,53 @@ class RLRun:
     """The GRPO run: the shared `Run` pieces plus the rollout-side functions."""
 
     run: Run
-    grpo: GRPOSection
-    updates_per_iteration: int
-    minibatch_rows: int
     logprob_fn: Callable[[Any, dict[str, jax.Array]], jax.Array]
     copy_params: Callable[[Any], Any]  # params -> a reference copy in the compute dtype
     eos_ids: list[int]
 
+    @property
+    def grpo(self) -> GRPOSection:
+        return self.run.config.grpo
 
-def example_batch(grpo: GRPOSection, rows: int) -> dict[str, np.ndarray]:
-    """Zero arrays shaped like one GRPO minibatch (compiles the step; dry runs)."""
-    shape = (rows, grpo.max_prompt_len + grpo.max_new_tokens)
-    batch = {k: np.zeros(shape, np.int32) for k in ("input_ids", "attention_mask", "completion_mask")}
-    batch["old_logprobs"] = np.zeros(shape, np.float32)
-    batch["advantages"] = np.zeros((rows,), np.float32)
-    if grpo.loss.beta > 0.0:
-        batch["ref_logprobs"] = np.zeros(shape, np.float32)
-    return batch
+    @property
+    def updates_per_iteration(self) -> int:
+        return self.grpo.mu * self.grpo.minibatches
+
+    @property
+    def minibatch_rows(self) -> int:
+        """Global rows of one update (all processes)."""
+        return self.grpo.rows // self.grpo.minibatches
 
 
 def build_rl_run(config: TrainConfig, output_dir: str | Path | None = None, with_data: bool = True) -> RLRun:
-    """Mesh, prompts, tokenizer, model config, shardings, the compiled-on-first-use GRPO step and the
-    log-prob pass (reference and recomputed old log-probs)."""
+    """The trainer's run for the GRPO task (mesh, prompts, tokenizer, shardings, the compiled-on-first-use
+    step) plus the log-prob pass (reference and recomputed old log-probs) and the reference copy."""
     grpo = config.grpo
     if grpo is None:
         raise ValueError("objective grpo needs a grpo section")
-    out = Path(output_dir or config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    mesh = make_mesh(config.mesh)
-    rows = grpo.rows
-    if rows % jax.process_count() or (rows // grpo.minibatches) % (mesh.shape["data"] * mesh.shape["fsdp"]):
-        raise ValueError(f"a GRPO minibatch of {rows // grpo.minibatches} rows does not split over "
-                         f"{jax.process_count()} processes and the mesh's data*fsdp="
-                         f"{mesh.shape['data'] * mesh.shape['fsdp']} batch shards")
-    needs_tokenizer = with_data or "vocab_size" not in (config.model.init or {"vocab_size": None})
-    train_records, eval_records = load_records(config) if needs_tokenizer else ([], [])
-    tokenizer = prepare_tokenizer(config, train_records, out) if needs_tokenizer else None
-    hf_config = _hf_config_dict(config, tokenizer)
-    mconfig = model_config(config, hf_config)
-    abstract = nnx.eval_shape(lambda: build_model(mconfig))
-    graphdef, abstract_params = nnx.split(abstract)
-    p_shard = param_shardings(abstract, mesh)
-    updates = grpo.mu * grpo.minibatches
-    optimizer, schedule = make_optimizer(config.optimizer, config.train.steps * updates)
-    trainable = trainable_predicate(config.optimizer.freeze, lora=mconfig.lora_rank > 0)
-    shardings = state_shardings(p_shard, optimizer, nnx.to_pure_dict(abstract_params), mesh, trainable)
-    minibatch = rows // grpo.minibatches
-    example = example_batch(grpo, minibatch)
-    loss_fn = make_loss("grpo", **dataclasses.asdict(grpo.loss))
-    step_fn = make_train_step(loss_fn, optimizer, mesh, graphdef, shardings, example, config.optimizer.grad_accum,
-                              trainable)
-    token_sharding = batch_shardings(mesh, {"input_ids": example["input_ids"]})["input_ids"]
+    run = build_run(config, output_dir, with_data)
+    shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
+    minibatch = grpo.rows // grpo.minibatches
+    if grpo.rows % jax.process_count() or minibatch % shards:
+        raise ValueError(f"a GRPO minibatch of {minibatch} rows does not split over {jax.process_count()} "
+                         f"processes and the mesh's data*fsdp={shards} batch shards")
+    graphdef, p_shard = run.graphdef, run.shardings.params
+    token_sharding = {k: run.batch_sharding[k] for k in ("input_ids", "attention_mask")}
 
     def logprobs(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
         return policy_log_probs(nnx.merge(graphdef, params), batch)[0]  # exactly what the loss computes
 
-    logprob_fn = jax.jit(logprobs, in_shardings=(p_shard, {"input_ids": token_sharding,
-                                                           "attention_mask": token_sharding}),
-                         out_shardings=token_sharding)
-    compute = jnp.dtype(mconfig.compute_dtype)
+    logprob_fn = jax.jit(logprobs, in_shardings=(p_shard, token_sharding),
+                         out_shardings=token_sharding["input_ids"])
+    compute = jnp.dtype(run.model_config.compute_dtype)
 
     def as_reference(params: Any) -> Any:
         """A frozen copy in the compute dtype (the forward pass casts the weights to it anyway)."""
         return jax.tree.map(lambda x: x.astype(compute) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
     copy_params = jax.jit(as_reference, out_shardings=p_shard)
-    run = Run(config, out, mesh, mconfig, hf_config, tokenizer, graphdef, trainable, shardings, step_fn, None,
-              batch_shardings(mesh, example), schedule, train_records, eval_records)
-    eos = stop_token_ids(tokenizer, out / "tokenizer") if tokenizer is not None else []
-    return RLRun(run, grpo, updates, minibatch, logprob_fn, copy_params, eos)
+    eos = stop_token_ids(run.tokenizer, run.out / "tokenizer") if run.tokenizer is not None else []
+    return RLRun(run, logprob_fn, copy_params, eos)
 
 
 # ---------------------------------------------------------------- rollouts
@@ -135,11 +109,6 @@ def _local(x: jax.Array) -> np.ndarray:
         return np.asarray(x)
     mesh = x.sharding.mesh
     return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, PartitionSpec(BATCH_AXES)))
-
-
-def _global(rl: RLRun, x: np.ndarray) -> jax.Array:
-    sharding = NamedSharding(rl.run.mesh, PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1))))
-    return jax.make_array_from_process_local_data(sharding, x)
 
 
 def _rows(values: list[Any]) -> np.ndarray:
@@ -154,19 +123,19 @@ def sample(rl: RLRun, params: Any, prompts: dict[str, Any], seed: int) -> dict[s
     g, tokenizer = rl.grpo, rl.run.tokenizer
     model = nnx.merge(rl.run.graphdef, params)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens = to_global(prompts, {k: rl.run.batch_sharding[k] for k in ("input_ids", "attention_mask")})
     with jax.set_mesh(rl.run.mesh):
-        out = generate(model, _global(rl, prompts["input_ids"]), _global(rl, prompts["attention_mask"]),
+        out = generate(model, tokens["input_ids"], tokens["attention_mask"],
                        max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                        eos_token_id=rl.eos_ids, pad_token_id=pad, seed=seed,
                        stop_strings=g.stop_strings or None, tokenizer=tokenizer)
     local = GenerationOutput(*(_local(x) for x in (out.sequences, out.logprobs, out.sampling_logprobs,
                                                    out.lengths)))
-    texts = completion_texts(local, tokenizer, g.stop_strings)
-    tokens = local.sequences[:, -g.max_new_tokens:]
-    lengths = local.lengths
-    last = tokens[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
+    tokens, lengths = local.sequences[:, -g.max_new_tokens:], local.lengths
     full = tokenizer.batch_decode([row[:n].tolist() for row, n in zip(tokens, lengths)], skip_special_tokens=True)
-    stopped = np.isin(last, rl.eos_ids) | np.array([any(s in t for s in g.stop_strings) for t in full], bool)
+    texts = [truncate_at_stop(text, g.stop_strings) for text in full]  # what completion_texts gives
+    last = tokens[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
+    stopped = np.isin(last, rl.eos_ids) | np.array([len(t) < len(f) for t, f in zip(texts, full)], bool)
     return {"tokens": tokens, "logprobs": local.logprobs, "lengths": lengths, "texts": _rows(texts),
             "truncated": (lengths >= g.max_new_tokens) & ~stopped}
 
@@ -254,8 +223,9 @@ def update_policy(rl: RLRun, state: Any, batch: dict[str, np.ndarray], iteration
         for k in range(g.minibatches):
             minibatch = take_rows(batch, order[k * rows:(k + 1) * rows])
             state, metrics = rl.run.step_fn(state, to_global(minibatch, rl.run.batch_sharding))
-            updates.append({key: float(v) for key, v in jax.device_get(metrics).items()})
-    return state, updates
+            updates.append(metrics)
+    # One read-back after the last update, so the host never waits between dispatching two updates.
+    return state, [{key: float(v) for key, v in m.items()} for m in jax.device_get(updates)]
 
 
 # ---------------------------------------------------------------- the loop
@@ -311,8 +281,7 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
         if resume:
             log.warning("--resume: no checkpoint in %s, starting from scratch", checkpointer.directory)
         params = load_params(config, run.model_config, run.mesh, run.shardings.params)
-        state = init_train_state(params, make_optimizer(config.optimizer, tc.steps * rl.updates_per_iteration)[0],
-                                 tc.seed, run.shardings, run.trainable)
+        state = init_train_state(params, run.optimizer, tc.seed, run.shardings, run.trainable)
         start = 0
         summary["accuracy_before"] = evaluate_accuracy(run, state.params)
         if summary["accuracy_before"] is not None:
@@ -361,32 +330,18 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
     return summary
 
 
-def dry_run_grpo(config: TrainConfig, output_dir: str | Path | None = None) -> dict[str, float]:
-    """Compile the GRPO update for the config's minibatch and add the rollout's KV cache and the reference
-    copy to the per-device memory report; loads no weights."""
-    rl = build_rl_run(config, output_dir, with_data=False)
-    run, g = rl.run, rl.grpo
-    state = abstract_state(run)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding[k])
-             for k, v in example_batch(g, rl.minibatch_rows).items()}
-    stats = run.step_fn.lower(state, batch).compile().memory_analysis()
-    gib, devices = 2**30, jax.device_count()
-    m = run.model_config
-    cache_bytes = (2 * m.num_layers * g.rows * (g.max_prompt_len + g.max_new_tokens) * m.num_kv_heads * m.head_dim
-                   * jnp.dtype(m.compute_dtype).itemsize)
-    params_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
-    report = {"devices": devices, "params_gib_total": params_bytes / gib,
-              "optimizer_gib_total": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state)) / gib,
-              "kv_cache_gib_per_device": cache_bytes / devices / gib,
-              "reference_gib_per_device": (sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
-                  jax.eval_shape(rl.copy_params, state.params))) / devices / gib) if g.loss.beta > 0 else 0.0}
-    if stats is not None:
-        update_peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-                       - stats.alias_size_in_bytes) / gib
-        report.update(argument_gib_per_device=stats.argument_size_in_bytes / gib,
-                      temp_gib_per_device=stats.temp_size_in_bytes / gib, update_peak_gib_per_device=update_peak)
-        # Rollouts and updates alternate: the cache lives during sampling, the update's temporaries after it.
-        report["peak_gib_per_device"] = (max(update_peak, stats.argument_size_in_bytes / gib
-                                             + report["kv_cache_gib_per_device"])
-                                         + report["reference_gib_per_device"])
+def with_rollout_memory(report: dict[str, float], run: Run) -> dict[str, float]:
+    """A GRPO dry run's report: the update's memory plus the rollout's KV cache and (beta > 0) the reference
+    copy in the compute dtype, per device. Rollouts and updates alternate, so the cache counts against the
+    update's arguments, not its temporaries."""
+    g, m, gib = run.config.grpo, run.model_config, 2**30
+    devices, itemsize = report["devices"], jnp.dtype(m.compute_dtype).itemsize
+    cache = 2 * m.num_layers * g.rows * (g.max_prompt_len + g.max_new_tokens) * m.num_kv_heads * m.head_dim
+    reference = m.num_params() if g.loss.beta > 0 else 0
+    report = {**report, "kv_cache_gib_per_device": cache * itemsize / devices / gib,
+              "reference_gib_per_device": reference * itemsize / devices / gib}
+    if "peak_gib_per_device" in report:
+        update_peak = report["update_peak_gib_per_device"] = report["peak_gib_per_device"]
+        report["peak_gib_per_device"] = (max(update_peak, report["argument_gib_per_device"]
+                                             + report["kv_cache_gib_per_device"]) + report["reference_gib_per_device"])
     return report

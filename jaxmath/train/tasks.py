@@ -7,6 +7,7 @@ preference pairs against a frozen reference; PRM a 2-label token classifier on s
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
@@ -40,9 +41,13 @@ def _strings(*values: Any) -> str:
 
 class Task:
     """SFT: masked next-token cross-entropy on records, through a causal LM. Also the defaults of any
-    objective without a task of its own (e.g. GRPO, which drives the model from its own loop)."""
+    objective without a task of its own."""
 
     num_labels = 0  # > 0: the model is a TokenClassifier with this many labels
+
+    def optimizer_steps(self, config: TrainConfig) -> int:
+        """Optimizer updates in the whole run (the schedule's horizon)."""
+        return config.train.steps
 
     def read_rows(self, path: str | os.PathLike) -> list[Row]:
         return read_records(path)
@@ -173,7 +178,29 @@ class PRMTask(Task):
         return {"step_auc": roc_auc(outputs["p_good"][labelled], labels)}
 
 
-TASKS: dict[str, Task] = {"sft": Task(), "dpo": DPOTask(), "prm": PRMTask()}
+class GRPOTask(Task):
+    """GRPO: the clipped policy loss on rollout minibatches of records' prompts (jaxmath.train.rl drives the
+    rollouts); `train.steps` counts iterations of `mu * minibatches` updates each."""
+
+    def optimizer_steps(self, config: TrainConfig) -> int:
+        return config.train.steps * config.grpo.mu * config.grpo.minibatches
+
+    def example_batch(self, config: TrainConfig) -> dict[str, np.ndarray]:
+        """One GRPO minibatch: prompt + completion tokens, masks, old (and reference) log-probs, advantages."""
+        g = config.grpo
+        rows, shape = g.rows // g.minibatches, (g.rows // g.minibatches, g.max_prompt_len + g.max_new_tokens)
+        batch = {k: np.zeros(shape, np.int32) for k in ("input_ids", "attention_mask", "completion_mask")}
+        batch["old_logprobs"] = np.zeros(shape, np.float32)
+        batch["advantages"] = np.zeros((rows,), np.float32)
+        if g.loss.beta > 0.0:
+            batch["ref_logprobs"] = np.zeros(shape, np.float32)
+        return batch
+
+    def loss(self, config: TrainConfig) -> LossFn:
+        return make_loss("grpo", **dataclasses.asdict(config.grpo.loss))
+
+
+TASKS: dict[str, Task] = {"sft": Task(), "dpo": DPOTask(), "prm": PRMTask(), "grpo": GRPOTask()}
 
 
 def task_for(config: TrainConfig) -> Task:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -190,6 +191,7 @@ class Run:
     task: Task = dataclasses.field(default_factory=Task)
     reference: ReferenceModel | None = None  # the frozen reference evaluated inside the step (DPO on the fly)
     reference_tables: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # split -> precomputed
+    optimizer: optax.GradientTransformation | None = None  # the run's Optax chain (its schedule: `schedule`)
 
 
 def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_data: bool = True,
@@ -211,7 +213,7 @@ def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_da
     abstract = nnx.eval_shape(lambda: build_model(mconfig))
     graphdef, abstract_state = nnx.split(abstract)
     p_shard = param_shardings(abstract, mesh)
-    optimizer, schedule = make_optimizer(config.optimizer, config.train.steps)
+    optimizer, schedule = make_optimizer(config.optimizer, task.optimizer_steps(config))
     trainable = trainable_predicate(config.optimizer.freeze, lora=mconfig.lora_rank > 0)
     shardings = state_shardings(p_shard, optimizer, nnx.to_pure_dict(abstract_state), mesh, trainable)
     loss_fn = task.loss(config)
@@ -223,7 +225,8 @@ def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_da
                               trainable, reference=reference)
     eval_fn = make_eval_step(loss_fn, mesh, graphdef, p_shard, example, reference, task.eval_outputs)
     return Run(config, out, mesh, mconfig, hf_config, tokenizer, graphdef, trainable, shardings, step_fn, eval_fn,
-               batch_shardings(mesh, example), schedule, train_records, eval_records, task, reference)
+               batch_shardings(mesh, example), schedule, train_records, eval_records, task, reference,
+               optimizer=optimizer)
 
 
 def abstract_state(run: Run) -> TrainState:
@@ -233,23 +236,27 @@ def abstract_state(run: Run) -> TrainState:
 
 def _fresh_state_shapes(run: Run) -> TrainState:
     params = nnx.to_pure_dict(nnx.state(build_model(run.model_config)))
-    optimizer, _ = make_optimizer(run.config.optimizer, run.config.train.steps)
-    opt_state = optimizer.init(partition(params, run.trainable)[0])
+    opt_state = run.optimizer.init(partition(params, run.trainable)[0])
     return TrainState(jnp.zeros((), jnp.int32), params, opt_state, jax.random.PRNGKey(0))
 
 
 def dry_run(config: TrainConfig, output_dir: str | Path | None = None) -> dict[str, float]:
     """Compile the train step for the config's shapes and report per-device memory, loading no weights."""
-    if config.objective == "grpo":
-        from jaxmath.train.rl import dry_run_grpo
-        return dry_run_grpo(config, output_dir)
     run = build_run(config, output_dir, with_data=False)
     state = abstract_state(run)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding[k])
              for k, v in run.task.example_batch(config).items()}
     reference = (state.params,) if run.reference is not None else ()
     compiled = run.step_fn.lower(state, batch, *reference).compile()
-    stats = compiled.memory_analysis()
+    report = memory_report(state, compiled.memory_analysis())
+    if config.objective == "grpo":
+        from jaxmath.train.rl import with_rollout_memory
+        return with_rollout_memory(report, run)
+    return report
+
+
+def memory_report(state: TrainState, stats: Any) -> dict[str, float]:
+    """Whole-state sizes and a compiled step's per-device memory (`compiled.memory_analysis()`), in GiB."""
     gib = 2**30
     report = {
         "devices": jax.device_count(),
@@ -387,8 +394,7 @@ def train(config: TrainConfig, output_dir: str | Path | None = None, resume: boo
         data.set_state(data_state)
         log.info("resumed from step %d", int(state.step))
     else:
-        state = init_train_state(params, make_optimizer(config.optimizer, tc.steps)[0], tc.seed, run.shardings,
-                                 run.trainable)
+        state = init_train_state(params, run.optimizer, tc.seed, run.shardings, run.trainable)
     del params  # the state holds them (and the step donates it)
     writer = MetricsWriter(out, enabled=jax.process_index() == 0)
     start = int(state.step)
