@@ -60,9 +60,3 @@ class CacheView:
         keys = jax.lax.dynamic_index_in_dim(self.keys, self.layer, axis=0, keepdims=False)
         values = jax.lax.dynamic_index_in_dim(self.values, self.layer, axis=0, keepdims=False)
         return keys.astype(dtype), values.astype(dtype)
-
-    def mask(self) -> jax.Array:
-        """[batch, 1, new, slots]: same segment, and the slot's position is not after the query's."""
-        same = self.q_segments[:, :, None] == self.kv_segments[:, None, :]
-        past = self.q_positions[:, :, None] >= self.kv_positions[:, None, :]
-        return (same & past)[:, None]

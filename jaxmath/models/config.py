@@ -8,11 +8,11 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from jaxmath.models.attention import AUTO, IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -60,12 +60,14 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"
-    attention_impl: str | None = None  # None lets JAX pick; "xla" on CPU/TPU; "cudnn" on NVIDIA GPUs
+    attention_impl: str = AUTO  # see jaxmath.models.attention; None (YAML null) also means auto
 
     def __post_init__(self) -> None:
         # Configs read back from JSON carry lists; keep the config hashable (it is static under jit).
         object.__setattr__(self, "rope_scaling", tuple(tuple(item) for item in self.rope_scaling))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.attention_impl is None:
+            object.__setattr__(self, "attention_impl", AUTO)
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedConfigError(
                 f"model_type={self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
@@ -75,7 +77,8 @@ class ModelConfig:
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
         if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
+            raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLEMENTATIONS} "
+                             f"(or null for auto)")
         as_dtype(self.dtype), as_dtype(self.param_dtype)
         unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
         if unknown:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxmath.models.attention import attend
 from jaxmath.models.cache import CacheView
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.rope import apply_rope
@@ -92,11 +93,6 @@ class RMSNorm(nnx.Module):
         return rms_norm(x, self.scale[...], self.eps)
 
 
-def attention_mask(segment_ids_q: jax.Array, segment_ids_kv: jax.Array) -> jax.Array:
-    """[batch, 1, q, kv] mask allowing attention only within a segment (padding is its own segment 0)."""
-    return (segment_ids_q[:, :, None] == segment_ids_kv[:, None, :])[:, None]
-
-
 class Attention(nnx.Module):
     """Grouped-query self-attention with optional q/k/v/o biases and q/k RMSNorm (Qwen3).
 
@@ -151,9 +147,9 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
                  rng: jax.Array | None = None) -> jax.Array:
         q, k, v = self.project_qkv(x, cos, sin, rng)
-        attended = jax.nn.dot_product_attention(
-            q, k, v, mask=attention_mask(segment_ids, segment_ids), is_causal=True,
-            implementation=self.config.attention_impl)
+        index = jnp.broadcast_to(jnp.arange(segment_ids.shape[1], dtype=jnp.int32), segment_ids.shape)
+        attended = attend(q, k, v, q_segments=segment_ids, kv_segments=segment_ids, q_index=index, kv_index=index,
+                          requested=self.config.attention_impl, cached=False)
         return self.project_out(attended, rng)
 
     def cached(self, x: jax.Array, cos: jax.Array, sin: jax.Array, view: CacheView) -> tuple[jax.Array, CacheView]:
@@ -161,8 +157,9 @@ class Attention(nnx.Module):
         q, k, v = self.project_qkv(x, cos, sin)
         view = view.write(k, v)
         keys, values = view.layer_kv(q.dtype)
-        attended = jax.nn.dot_product_attention(q, keys, values, mask=view.mask(),
-                                                implementation=self.config.attention_impl)
+        attended = attend(q, keys, values, q_segments=view.q_segments, kv_segments=view.kv_segments,
+                          q_index=view.q_positions, kv_index=view.kv_positions,
+                          requested=self.config.attention_impl, cached=True)
         return self.project_out(attended), view
 
 
