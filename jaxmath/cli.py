@@ -160,7 +160,7 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int
 def data_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from jaxmath.data.__main__ import main as data
 
-    return data(argv)
+    return data(argv, prog)
 
 
 def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:

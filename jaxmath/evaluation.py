@@ -31,9 +31,10 @@ from transformers import PreTrainedTokenizerBase
 from jaxmath.checkpoint import CheckpointError, from_pretrained
 from jaxmath.checkpoint.pretrained import is_jaxmath_dir
 from jaxmath.data.formats import FORMATS, PromptFormat, get_format, render_messages, render_prompt
-from jaxmath.data.readers import FieldMap, SkipLog, dataset_rows, file_rows, map_rows
+from jaxmath.data.benchmarks import BENCHMARKS
+from jaxmath.data.readers import SkipLog, dataset_rows, file_rows, map_rows
 from jaxmath.data.schema import Record
-from jaxmath.data.sources import SOURCES, SourceSpec, local_files
+from jaxmath.data.sources import local_files
 from jaxmath.data.tokenizer import load_tokenizer
 from jaxmath.models import CausalLM
 from jaxmath.objectives.prm import STEP_AGGREGATIONS, aggregate_step_scores, best_of_n
@@ -46,48 +47,6 @@ if TYPE_CHECKING:
     from jaxmath.prm.scorer import PRMScorer
 
 PROMPT_BUCKET = 64  # prompts are padded to a multiple of this, so a run compiles once per bucket
-
-
-@dataclasses.dataclass(frozen=True)
-class Benchmark:
-    """An evaluation set: the source that reads it and the split to use locally and on the Hub."""
-
-    name: str
-    source: SourceSpec
-    local_split: str = "test"
-    hub_split: str = "test"
-
-
-def _extra_source(name: str, hub_id: str, hub_split: str, rows: int, layouts: tuple[FieldMap, ...],
-                  description: str) -> SourceSpec:
-    """A source jaxmath.data.sources does not list (evaluation-only sets)."""
-    return SourceSpec(name=name, hub_id=hub_id, hub_config=None, local_dir=name, splits={hub_split: rows},
-                      default_split=hub_split, license="see the dataset card", description=description,
-                      layouts=layouts)
-
-
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("gsm8k", SOURCES["gsm8k"]),
-    Benchmark("math500", SOURCES["math500"]),
-    Benchmark("svamp", SOURCES["svamp"]),
-    Benchmark("asdiv", SOURCES["asdiv"], hub_split="validation"),
-    Benchmark("aqua", SOURCES["aqua_rat"]),
-    Benchmark("mawps", SOURCES["mawps"]),
-    Benchmark("minerva_math", _extra_source(
-        "minerva_math", "math-ai/minervamath", "test", 272,
-        (FieldMap(question=("problem",), solution="solution", answer_style="boxed", id="idx"),
-         FieldMap(question=("question",), answer="answer")),
-        "Minerva OCW STEM problems; the answer is the solution's \\boxed{}")),
-    Benchmark("aime24", _extra_source(
-        "aime24", "HuggingFaceH4/aime_2024", "train", 30,
-        (FieldMap(question=("problem",), answer="answer", solution="solution", id="id"),),
-        "AIME 2024 I and II"), hub_split="train"),
-    Benchmark("amc23", _extra_source(
-        "amc23", "math-ai/amc23", "test", 40,
-        (FieldMap(question=("problem",), answer="answer", id="id"),
-         FieldMap(question=("question",), answer="answer", id="id")),
-        "AMC 2023")),
-)}
 
 
 class EvaluationError(RuntimeError):

@@ -1,14 +1,18 @@
-"""The dataset builder and its CLI on the fixtures: dedup, decontamination, bad rows, summary, progress."""
+"""The dataset builder and its CLI on the fixtures: dedup, decontamination, refusing evaluation splits, bad rows,
+summary, progress."""
 import json
 import os
 import warnings
 
 import pytest
 
-from jaxmath.data.__main__ import main
-from jaxmath.data.builder import BuildConfig, NgramIndex, build, ngrams, sample, split_evenly, words
+from jaxmath import cli
+from jaxmath.data.__main__ import main, parse_splits
+from jaxmath.data.benchmarks import EvalSplitError
+from jaxmath.data.builder import BuildConfig, EvalSplitWarning, build, sample, split_evenly
 from jaxmath.data.readers import BadRowWarning
 from jaxmath.data.sources import load_source
+from test_data_decontaminate import printed_removed
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "data")
 BAD = os.path.join(FIXTURES, "bad", "rows.jsonl")
@@ -21,37 +25,115 @@ def _lines(path):
 
 def test_cli_builds_dedups_decontaminates_and_reports(tmp_path, capsys):
     out = tmp_path / "train.jsonl"
-    status = main(["build", "--output", str(out), "--data-dir", FIXTURES, "--hf-datasets", "gsm8k", "svamp",
+    status = main(["build", "--output", str(out), "--data-dir", FIXTURES, "--hf-datasets", "gsm8k",
                    "--include-synthetic", "--generators", "numbers__gcd", "arithmetic__div",
-                   "--synthetic-samples", "5", "--decontaminate", "gsm8k:test", "--ngram", "5", "--seed", "3"])
+                   "--synthetic-samples", "5", "--ngram", "5", "--seed", "3"])
     assert status == 0
     rows = _lines(out)
-    # gsm8k train: 4 rows - 1 whitespace-only duplicate - 1 near copy of a test question; svamp: 2 (its only
-    # split, test, stands in for the missing train split); synthetic: 3 + 2.
+    # gsm8k train: 4 rows - 1 whitespace-only duplicate - 1 near copy of a test question; synthetic: 3 + 2.
     assert [r["source"] for r in rows].count("gsm8k") == 2
-    assert [r["source"] for r in rows].count("svamp") == 2
     assert sum(r["source"].startswith("synthetic/") for r in rows) == 5
     assert len({r["question"] for r in rows}) == len(rows)
+    # no --decontaminate: every benchmark under --data-dir is checked, the dropped report written by default
     [dropped] = _lines(f"{out}.dropped.jsonl")
-    assert dropped["id"] == "gsm8k-train-4" and dropped["eval_set"] == "gsm8k:test" and dropped["eval_id"] == "gsm8k-test-1"
+    assert dropped["id"] == "gsm8k-train-4" and dropped["eval_set"] == "gsm8k" and dropped["eval_id"] == "gsm8k-test-1"
     # 27 words -> 23 five-grams; only the last holds "altogether" (the test item says "in all"): 22/23 shared.
     assert dropped["overlap"] == round(22 / 23, 4)
     err = capsys.readouterr().err
     assert "[1/4] collecting records" in err and "[4/4] writing" in err
     gsm8k_row = next(line for line in err.splitlines() if line.startswith("gsm8k "))
     assert gsm8k_row.split() == ["gsm8k", "4", "0", "0", "1", "1", "2"]
-    assert "svamp: no 'train' split" in err
+    # the fixture folder holds these benchmarks' test files: each is checked, gsm8k removed the one row
+    assert printed_removed(err) == {"gsm8k": ["2", "1"], "math500": ["2", "0"], "svamp": ["2", "0"],
+                                    "asdiv": ["2", "0"], "aqua": ["2", "0"], "mawps": ["2", "0"],
+                                    "total": ["12", "1"]}
+
+
+def test_evaluation_splits_are_refused_naming_source_split_and_flag(tmp_path, capsys):
+    out = tmp_path / "o.jsonl"
+    # asked for by name, without the flag
+    assert main(["build", "--output", str(out), "--data-dir", FIXTURES, "--hf-datasets", "gsm8k", "svamp",
+                 "--split", "svamp=test"]) == 1
+    err = capsys.readouterr().err
+    assert "source 'svamp', split 'test'" in err and "--allow-eval-splits" in err and "benchmark svamp" in err
+    assert not out.exists()
+    # one split for every source: gsm8k's test split is GSM8K's evaluation set
+    assert main(["build", "--output", str(out), "--data-dir", FIXTURES, "--hf-datasets", "gsm8k",
+                 "--split", "test"]) == 1
+    assert "source 'gsm8k', split 'test'" in capsys.readouterr().err
+    # a default split that is missing on disk is never replaced by the split that is there
+    assert main(["build", "--output", str(out), "--data-dir", FIXTURES, "--hf-datasets", "svamp",
+                 "--allow-eval-splits"]) == 1
+    err = capsys.readouterr().err
+    assert "source 'svamp': no 'train' split" in err and "found: test (an evaluation split)" in err
+    assert "--split svamp=SPLIT" in err and not out.exists()
+
+
+@pytest.mark.parametrize("source, split", [("gsm8k", "test"), ("math500", "test"), ("svamp", "test"),
+                                           ("svamp", "train"), ("asdiv", "validation"), ("asdiv", "test"),
+                                           ("aqua_rat", "test"), ("mawps", "test")])
+def test_every_split_a_benchmark_scores_is_refused(source, split):
+    # svamp's local test file holds all 1000 SVAMP problems, the Hub's train split among them
+    with pytest.raises(EvalSplitError, match=f"source '{source}', split '{split}'.*--allow-eval-splits"):
+        BuildConfig(output="o", sources=[source], source_splits={source: split})
+    BuildConfig(output="o", sources=[source], source_splits={source: split}, allow_eval_splits=True)
+
+
+@pytest.mark.parametrize("source, split", [("gsm8k", "train"), ("math", "train"), ("math", "test"),
+                                           ("aqua_rat", "train"), ("aqua_rat", "validation"), ("mawps", "train"),
+                                           ("big_math", "train")])
+def test_training_splits_are_accepted(source, split):
+    BuildConfig(output="o", sources=[source], source_splits={source: split})
+
+
+def test_asking_for_an_evaluation_split_trains_on_it_and_skips_that_benchmark(tmp_path, capsys):
+    out = tmp_path / "o.jsonl"
+    with pytest.warns(EvalSplitWarning, match="source 'svamp', split 'test'.*benchmark svamp"):
+        assert main(["build", "--output", str(out), "--data-dir", FIXTURES, "--hf-datasets", "gsm8k", "svamp",
+                     "--split", "svamp=test", "--allow-eval-splits", "--ngram", "5"]) == 0
+    rows = _lines(out)
+    assert [r["id"] for r in rows if r["source"] == "svamp"] == ["svamp-test-fix-1", "svamp-test-fix-2"]
+    err = capsys.readouterr().err
+    assert "decontaminating against gsm8k, math500, asdiv, aqua, mawps (" in err  # svamp is not checked
+
+
+def test_turning_decontamination_off_and_splits_parsing(tmp_path, capsys):
+    out = tmp_path / "o.jsonl"
+    assert main(["build", "--output", str(out), "--data-dir", FIXTURES, "--hf-datasets", "gsm8k", "--ngram", "5",
+                 "--no-decontaminate"]) == 0
+    assert len(_lines(out)) == 3 and not os.path.exists(f"{out}.dropped.jsonl")
+    assert "decontamination: turned off" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["build", "--output", str(out), "--no-decontaminate", "--decontaminate", "gsm8k"])
+    assert parse_splits(["train", "svamp=test"]) == ("train", {"svamp": "test"})
+    for bad in (["svamp="], ["=test"], ["a", "b"], ["svamp=test", "svamp=train"]):
+        with pytest.raises(ValueError, match="--split"):
+            parse_splits(bad)
+    with pytest.raises(ValueError, match="split is given for source 'svamp'"):
+        BuildConfig(output="o", sources=["gsm8k"], source_splits={"svamp": "test"})
+
+
+def test_help_names_the_command_it_was_invoked_as(capsys):
+    for argv, usage in ((["data", "build", "--help"], "usage: jaxmath data build"),
+                        (["data", "pairs", "--help"], "usage: jaxmath data pairs"),
+                        (["data", "--help"], "usage: jaxmath data ")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 0 and capsys.readouterr().out.startswith(usage)
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m jaxmath.data build")
 
 
 def test_threshold_controls_what_counts_as_contaminated(tmp_path):
-    config = dict(output=str(tmp_path / "o.jsonl"), sources=["gsm8k"], data_dir=FIXTURES,
-                  decontaminate=["gsm8k:test"], ngram=5)
+    config = dict(output=str(tmp_path / "o.jsonl"), sources=["gsm8k"], data_dir=FIXTURES, ngram=5)
     assert len(build(BuildConfig(**config, threshold=0.95), progress=None).dropped) == 1  # overlap 22/23
     assert build(BuildConfig(**config, threshold=0.96), progress=None).dropped == []
 
 
 def test_bad_rows_skip_with_one_warning_and_strict_names_the_line(tmp_path, capsys):
-    args = ["build", "--output", str(tmp_path / "o.jsonl"), "--input", BAD, "--field-map", "question=question,answer=answer"]
+    args = ["build", "--output", str(tmp_path / "o.jsonl"), "--input", BAD,
+            "--field-map", "question=question,answer=answer"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert main(args) == 0
@@ -86,6 +168,7 @@ def test_listing_and_help(capsys):
     assert main(["build", "--list-hf-datasets"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in ("gsm8k", "math500", "aqua_rat", "big_math", "Apache-2.0"))
+    assert "refused unless --allow-eval-splits" in listing and "svamp test, train" in listing
     assert main(["build", "--list-generators"]) == 0
     assert "technical_analysis: ta__atr" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
@@ -98,16 +181,12 @@ def test_config_errors_name_the_problem(tmp_path):
         BuildConfig(output="o", threshold=0)
     with pytest.raises(ValueError, match="unknown source 'gsm9k'"):
         BuildConfig(output="o", sources=["gsm9k"])
-    assert main(["build", "--output", str(tmp_path / "o"), "--hf-datasets", "svamp", "--data-dir", str(tmp_path)]) == 1
+    with pytest.raises(ValueError, match="evaluation set 'gsm9k' is neither a file nor a known benchmark"):
+        BuildConfig(output="o", decontaminate=["gsm9k"])
+    assert main(["build", "--output", str(tmp_path / "o"), "--hf-datasets", "gsm8k", "--data-dir", str(tmp_path)]) == 1
 
 
-def test_ngram_overlap_and_sampling_helpers():
-    assert words("What's 2+2?") == ["what", "s", "2", "2"]
-    assert ngrams(["a", "b"], 3) == {("a", "b")} and ngrams([], 3) == set()
-    index = NgramIndex(2)
-    index.add("a b c d e", "eval", "e1")
-    assert index.overlap("a b c d x") == (0.75, ("eval", "e1"))
-    assert index.overlap("x y z") == (0.0, None)
+def test_sampling_helpers():
     assert sample(list(range(10)), 4, seed=1) == sample(list(range(10)), 4, seed=1)
     assert sorted(sample(list(range(10)), 4, seed=1)) == sample(list(range(10)), 4, seed=1)
     assert split_evenly(7, ["a", "b", "c"]) == {"a": 3, "b": 2, "c": 2}

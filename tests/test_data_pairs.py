@@ -1,13 +1,16 @@
-"""DPO pair builder: program stripping, deduplication, both pair kinds, the cap, seeding, both input layouts
-and the `jaxmath data pairs` command."""
+"""DPO pair builder: program stripping, deduplication, both pair kinds, the cap, seeding, the three input
+layouts, refusing benchmark questions and the `jaxmath data pairs` command."""
 import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxmath.data.__main__ import main as data_main
 from jaxmath.data.pairs import PairConfig, Sampled, build_pairs, group_samples, normal_form, strip_program
 from jaxmath.data.readers import BadRowError, BadRowWarning, Located, SkipLog
+from test_data_decontaminate import printed_removed
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -134,7 +137,7 @@ def test_cli_reads_eval_samples_with_benchmark_questions(tmp_path, capsys):
         f.write("not json\n")
     out = tmp_path / "pairs.jsonl"
     with pytest.warns(BadRowWarning, match="invalid JSON"):
-        code = data_main(["pairs", "--input", str(samples), "--output", str(out),
+        code = data_main(["pairs", "--input", str(samples), "--output", str(out), "--allow-eval-splits",
                           "--data-dir", str(FIXTURES / "eval"), "--max-pairs-per-question", "2"])
     assert code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -142,3 +145,64 @@ def test_cli_reads_eval_samples_with_benchmark_questions(tmp_path, capsys):
     assert rows[0]["question"] == "Tom has 9 boxes with 2 pens in each box. How many pens does he have?"
     assert "2 pairs (correct_incorrect 1, concise_verbose 1) from 1 questions" in capsys.readouterr().err
     assert data_main(["pairs", "--input", str(tmp_path / "missing.jsonl"), "--output", str(out)]) == 1
+    capsys.readouterr()
+    # without the opt-in, benchmark samples (GSM8K's test questions here) are refused
+    out.unlink()
+    assert data_main(["pairs", "--input", str(samples), "--output", str(out),
+                      "--data-dir", str(FIXTURES / "eval")]) == 1
+    err = capsys.readouterr().err
+    assert f"{samples}:1: a sample of benchmark gsm8k" in err and "source 'gsm8k', split 'test'" in err
+    assert "--allow-eval-splits" in err and not out.exists()
+
+
+MODEL_SOLUTIONS = FIXTURES / "pairs" / "model_solutions.jsonl"
+
+
+def test_labelled_model_solutions_are_read_directly(tmp_path, capsys):
+    """GSM8K's example_model_solutions.jsonl layout: each field holding {solution, is_correct} is a completion."""
+    with open(MODEL_SOLUTIONS, encoding="utf-8") as handle:
+        first = json.loads(handle.readline())
+    short, long, wrong = (first[k]["solution"] for k in ("6b_finetuning", "6b_verification", "175b_finetuning"))
+    out = tmp_path / "pairs.jsonl"
+    with pytest.warns(BadRowWarning, match=r"bad solution: 1 \(first at .*model_solutions.jsonl:3: field '6b_fine"):
+        assert data_main(["pairs", "--input", str(MODEL_SOLUTIONS), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # question 1: two correct solutions, one wrong one written twice; question 2: four wrong ones, no pair
+    assert {(r["kind"], r["chosen"], r["rejected"]) for r in rows} == {
+        ("correct_incorrect", short, wrong), ("correct_incorrect", long, wrong), ("concise_verbose", short, long)}
+    assert {r["question"] for r in rows} == {first["question"]}
+    assert ("3 pairs (correct_incorrect 2, concise_verbose 1) from 2 questions; 1 questions gave none; "
+            "1 duplicate") in capsys.readouterr().err
+
+
+def test_pairs_drop_questions_of_the_benchmarks_under_data_dir(tmp_path, capsys):
+    out = tmp_path / "pairs.jsonl"
+    with pytest.warns(BadRowWarning):
+        assert data_main(["pairs", "--input", str(MODEL_SOLUTIONS), "--output", str(out),
+                          "--data-dir", str(FIXTURES / "decontamination")]) == 0
+    err = capsys.readouterr().err
+    # question 2 is a GSM8K test question of that folder, question 1 is no benchmark's
+    assert printed_removed(err) == {"gsm8k": ["2", "1"], "svamp": ["2", "0"], "minerva_math": ["1", "0"],
+                                    "amc23": ["2", "0"], "total": ["7", "1"]}
+    assert "3 pairs (correct_incorrect 2, concise_verbose 1) from 1 questions; 0 questions gave none" in err
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda inner: (st.lists(inner, max_size=4)
+                                   | st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+                    max_leaves=12)
+FIELDS = st.sampled_from(["question", "completions", "correct", "completion", "verdict", "benchmark", "id",
+                          "solution", "is_correct", "6b_finetuning"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.lists(st.dictionaries(FIELDS | st.text(max_size=8), JSON, max_size=6), max_size=5))
+def test_any_rows_group_into_questions_or_skip_with_a_reason(rows):
+    skips = SkipLog()
+    groups = group_samples(located(rows), skips)
+    assert len(groups) + skips.total <= len(rows) + sum(len(g.completions) for g in groups)
+    for group in groups:
+        assert isinstance(group.question, str) and group.question.strip()
+        assert len(group.completions) == len(group.correct) and all(isinstance(c, str) for c in group.completions)
+        assert all(v in (True, False, None) for v in group.correct)
+    build_pairs(groups)

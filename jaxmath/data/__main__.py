@@ -2,9 +2,8 @@
 `python -m jaxmath.data prm-filter ...`: keep generated solutions that are correct and that a PRM rates highly.
 `python -m jaxmath.data pairs ...`: build DPO preference pairs from sampled, graded completions.
 
-    python -m jaxmath.data build --output data/train.jsonl \\
-        --hf-datasets gsm8k math svamp aqua_rat --hf-samples 2000 \\
-        --ta-samples 1000 --include-synthetic --synthetic-samples 2000
+    python -m jaxmath.data build --output data/train.jsonl --data-dir ../shared/data \\
+        --hf-datasets gsm8k --hf-samples 2000 --include-synthetic --synthetic-samples 2000
     python -m jaxmath.data build --list-hf-datasets
     python -m jaxmath.data synthesize --teacher http://localhost:8000/v1 --teacher-model NAME \\
         --input data/train.jsonl --output data/pot.jsonl --samples 4
@@ -17,7 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxmath.data.benchmarks import evaluation_splits
 from jaxmath.data.builder import BuildConfig, build
+from jaxmath.data.decontaminate import NGRAM, THRESHOLD
 from jaxmath.data.formats import FORMATS
 from jaxmath.data.readers import BadRowError, FieldMap
 from jaxmath.data.sources import SOURCES, SourceError, describe_sources
@@ -37,8 +38,10 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="{build,synthesize,revise,pairs,prm-filter}")
     b = commands.add_parser("build", help="build a training JSONL", description=(
         "Collect records from named sources (the Hub by default, --data-dir for local copies), local files and "
-        "synthetic generators; drop bad rows, exact duplicates and questions that overlap evaluation sets; "
-        "write one JSONL in the jaxmath record schema and print a per-source summary."),
+        "synthetic generators; drop bad rows, exact duplicates and questions that overlap evaluation sets (every "
+        "benchmark present under --data-dir, and any named with --decontaminate); write one JSONL in the jaxmath "
+        "record schema and print a per-source summary and the rows each evaluation set removed. A split that an "
+        "evaluation benchmark scores is refused unless --allow-eval-splits is given."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--output", help="output JSONL path (written atomically)")
     b.add_argument("--list-hf-datasets", action="store_true", help="list the named sources with sizes and licences")
@@ -48,7 +51,13 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                      help=f"named sources to include: {', '.join(SOURCES)}")
     src.add_argument("--hf-samples", type=int, default=None, metavar="N",
                      help="keep at most N records per source or input file (seeded sample; default: all)")
-    src.add_argument("--split", default=None, help="split to read from every source (default: each source's own)")
+    src.add_argument("--split", nargs="+", default=[], metavar="[SOURCE=]SPLIT",
+                     help="split to read: SPLIT for every source, SOURCE=SPLIT for one (default: each source's own, "
+                          "e.g. train; never guessed from the files on disk)")
+    src.add_argument("--allow-eval-splits", action="store_true",
+                     help="read a split that an evaluation benchmark scores (e.g. svamp's test split), which is "
+                          "refused otherwise; that benchmark is then not decontaminated against and its scores "
+                          "no longer measure held-out problems")
     src.add_argument("--data-dir", default=None,
                      help="read sources from DIR/<folder>/<split>.jsonl|.parquet instead of the Hub")
     src.add_argument("--input", action="append", default=[], metavar="PATH",
@@ -66,12 +75,16 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     gen.add_argument("--ta-samples", type=int, default=0, metavar="N",
                      help="technical-analysis records in all, spread over the ta__* generators")
     flt = b.add_argument_group("filters")
-    flt.add_argument("--decontaminate", nargs="+", default=[], metavar="EVAL",
-                     help="evaluation sets to decontaminate against: SOURCE[:SPLIT] (e.g. gsm8k:test math500) "
-                          "or a .jsonl/.parquet path")
-    flt.add_argument("--ngram", type=int, default=13, help="n-gram length (in words) for decontamination")
-    flt.add_argument("--threshold", type=float, default=0.5,
-                     help="drop a record when at least this share of its n-grams occurs in an evaluation set")
+    decon = flt.add_mutually_exclusive_group()
+    decon.add_argument("--decontaminate", nargs="+", default=[], metavar="EVAL",
+                       help="evaluation sets to decontaminate against besides the benchmarks found under --data-dir "
+                            "(checked by default): a benchmark name (the split it scores, e.g. aime24), "
+                            "SOURCE:SPLIT (e.g. math:test) or a .jsonl/.parquet path")
+    decon.add_argument("--no-decontaminate", action="store_true",
+                       help="skip decontamination (by default every benchmark present under --data-dir is checked)")
+    flt.add_argument("--ngram", type=int, default=NGRAM, help="n-gram length (in words) for decontamination")
+    flt.add_argument("--threshold", type=float, default=THRESHOLD,
+                     help="drop a record when this share of its n-grams, or of an evaluation question's, is shared")
     flt.add_argument("--dropped-report", default=None, metavar="PATH",
                      help="where to write the decontamination drops (default: OUTPUT.dropped.jsonl)")
     flt.add_argument("--tokenizer", default=None, metavar="DIR", help="tokenizer directory for --max-tokens")
@@ -139,13 +152,22 @@ def _pairs_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("pairs", help="build DPO preference pairs from graded samples", description=(
         "Pair each question's sampled completions: correct vs incorrect, and concise vs verbose among the correct "
         "ones (length after stripping comments and print statements from programs). Inputs are samples.jsonl "
-        "from `jaxmath eval`, or rows {question, completions, correct}. Writes {id, question, chosen, rejected, "
-        "kind} rows for objective dpo."), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "from `jaxmath eval`, rows {question, completions, correct}, or rows {question, NAME: {solution, "
+        "is_correct}, ...} (GSM8K's example_model_solutions.jsonl). Questions overlapping a benchmark present "
+        "under --data-dir are removed; samples.jsonl rows (benchmark questions) need --allow-eval-splits. Writes "
+        "{id, question, chosen, rejected, kind} rows for objective dpo."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", action="append", required=True, metavar="PATH",
                    help="a .jsonl/.parquet file of graded samples (repeatable)")
     p.add_argument("--output", required=True, help="output JSONL path (written atomically)")
     p.add_argument("--data-dir", default=None,
-                   help="directory of local benchmark copies for the questions of samples.jsonl rows (None: the Hub)")
+                   help="directory of local benchmark copies: the questions of samples.jsonl rows (None: the Hub), "
+                        "and the evaluation sets questions are decontaminated against")
+    p.add_argument("--allow-eval-splits", action="store_true",
+                   help="build pairs from samples.jsonl rows, whose questions are a benchmark's evaluation split "
+                        "(that benchmark is then not decontaminated against)")
+    p.add_argument("--no-decontaminate", action="store_true",
+                   help="keep questions that overlap the benchmarks under --data-dir")
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(defaults.kinds), help="pair kinds to build")
     p.add_argument("--max-pairs-per-question", type=int, default=defaults.max_pairs_per_question)
     p.add_argument("--min-length-ratio", type=float, default=defaults.min_length_ratio,
@@ -155,18 +177,44 @@ def _pairs_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _pairs(args: argparse.Namespace) -> None:
-    from jaxmath.data.pairs import PairConfig, benchmark_questions, build_pairs, group_samples
+    from jaxmath.data.decontaminate import build_index, default_eval_sets, format_removed
+    from jaxmath.data.pairs import (PairConfig, benchmark_questions, build_pairs, drop_contaminated, group_samples,
+                                    sample_benchmarks)
     from jaxmath.data.readers import SkipLog, file_rows, write_records
 
     config = PairConfig(kinds=tuple(dict.fromkeys(args.kinds)), max_pairs_per_question=args.max_pairs_per_question,
                         min_length_ratio=args.min_length_ratio, seed=args.seed)
     skips = SkipLog(strict=args.strict)
     rows = [row for path in args.input for row in file_rows(path, skips)]
-    questions = benchmark_questions(rows, args.data_dir)
-    pairs, stats = build_pairs(group_samples(rows, skips, questions), config)
+    benchmarks = sample_benchmarks(rows, args.allow_eval_splits, local=args.data_dir is not None)
+    questions = group_samples(rows, skips, benchmark_questions(rows, args.data_dir))
+    eval_sets = [] if args.no_decontaminate else default_eval_sets(args.data_dir, exclude=benchmarks)
+    if eval_sets:
+        index, sizes = build_index(eval_sets, NGRAM, args.data_dir)
+        questions, removed = drop_contaminated(questions, index, THRESHOLD)
+        print(f"decontamination ({NGRAM}-grams, threshold {THRESHOLD}), questions removed per evaluation set:\n"
+              + format_removed(sizes, removed), file=sys.stderr)
+    pairs, stats = build_pairs(questions, config)
     skips.warn()
     write_records(pairs, args.output)
     print(f"wrote {args.output}: {stats.summary()}", file=sys.stderr)
+
+
+def parse_splits(items: list[str]) -> tuple[str | None, dict[str, str]]:
+    """`--split` items: (the split of every source, {source: split}); ValueError on a repeated or empty item."""
+    every: list[str] = []
+    per_source: dict[str, str] = {}
+    for item in items:
+        source, sep, split = item.rpartition("=")
+        if not split or (sep and not source) or source in per_source:
+            raise ValueError(f"--split {item!r}: expected SPLIT or SOURCE=SPLIT, each source once")
+        if sep:
+            per_source[source] = split
+        else:
+            every.append(split)
+    if len(every) > 1:
+        raise ValueError(f"--split names {len(every)} splits for every source ({', '.join(every)}); give one")
+    return (every[0] if every else None), per_source
 
 
 def _config(args: argparse.Namespace) -> BuildConfig:
@@ -177,12 +225,15 @@ def _config(args: argparse.Namespace) -> BuildConfig:
         names = args.generators or [n for n in generators.generator_names()
                                     if generators.REGISTRY[n].family != generators.TA_FAMILY]
     field_map = FieldMap.parse(args.field_map) if args.field_map else None
+    split, source_splits = parse_splits(args.split)
     return BuildConfig(
         output=args.output, sources=list(dict.fromkeys(args.hf_datasets)), samples_per_source=args.hf_samples,
-        split=args.split, data_dir=args.data_dir, inputs=[(path, field_map) for path in args.input],
-        generators=names, synthetic_samples=args.synthetic_samples if args.include_synthetic else 0,
-        ta_samples=args.ta_samples, decontaminate=args.decontaminate, ngram=args.ngram, threshold=args.threshold,
-        dropped_report=args.dropped_report or (f"{args.output}.dropped.jsonl" if args.decontaminate else None),
+        split=split, source_splits=source_splits, allow_eval_splits=args.allow_eval_splits, data_dir=args.data_dir,
+        inputs=[(path, field_map) for path in args.input], generators=names,
+        synthetic_samples=args.synthetic_samples if args.include_synthetic else 0, ta_samples=args.ta_samples,
+        decontaminate=args.decontaminate, decontaminate_local_benchmarks=not args.no_decontaminate,
+        ngram=args.ngram, threshold=args.threshold,
+        dropped_report=None if args.no_decontaminate else args.dropped_report or f"{args.output}.dropped.jsonl",
         tokenizer=args.tokenizer, max_tokens=args.max_tokens, strict=args.strict, seed=args.seed)
 
 
@@ -206,6 +257,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     if args.list_hf_datasets:
         print(describe_sources())
+        print("\nsplits that evaluation benchmarks score (refused unless --allow-eval-splits): "
+              + "; ".join(f"{source} {', '.join(splits)}" for source, splits in evaluation_splits().items()
+                          if source in SOURCES))
         return 0
     if args.list_generators:
         from jaxmath.data.generators import families

@@ -3,6 +3,11 @@
 Stages: collect (bad rows skipped and counted, or an error naming file and line when strict) ->
 over-length filter (when a tokenizer is given) -> exact de-duplication -> n-gram decontamination
 against evaluation sets (what was dropped is reported) -> write, with a per-source summary table.
+
+Test sets never become training data by accident: a split that an evaluation benchmark scores
+(`jaxmath.data.benchmarks`) is refused unless `allow_eval_splits` is set, a source's split is never
+guessed from what is on disk, and every benchmark present under `data_dir` is decontaminated against
+by default (`jaxmath.data.decontaminate`), with the rows each one removed reported.
 """
 from __future__ import annotations
 
@@ -11,19 +16,23 @@ import dataclasses
 import json
 import os
 import random
-import re
 import sys
 import time
-from typing import Callable, Iterable, Sequence
+import warnings
+from typing import Callable, Iterable, Mapping, Sequence
 
 from jaxmath.data import generators
-from jaxmath.data.readers import FieldMap, SkipLog, file_rows, read_records, value_text, write_records
+from jaxmath.data.benchmarks import ALLOW_FLAG, EvalSplitError, evaluation_splits, scoring_benchmarks
+from jaxmath.data.decontaminate import (NGRAM, THRESHOLD, build_index, check_eval_set, default_eval_sets,
+                                        format_removed)
+from jaxmath.data.readers import FieldMap, SkipLog, read_records, write_records
 from jaxmath.data.schema import BadRow, Record
-from jaxmath.data.sources import SOURCES, load_source
+from jaxmath.data.sources import SOURCES, SourceError, load_source, local_files, local_splits
+from jaxmath.data.tables import total_table
 
 Progress = Callable[[str], None]
-_WORD = re.compile(r"\w+")
-_EVAL_QUESTION_KEYS = ("question", "problem", "input")
+class EvalSplitWarning(UserWarning):
+    """A build reads a split that an evaluation benchmark scores, because it was asked to."""
 
 
 @dataclasses.dataclass
@@ -33,15 +42,18 @@ class BuildConfig:
     output: str
     sources: Sequence[str] = ()
     samples_per_source: int | None = None
-    split: str | None = None
+    split: str | None = None  # the split of every source (default: each source's default_split)
+    source_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)  # per source; wins over split
+    allow_eval_splits: bool = False  # read splits that evaluation benchmarks score (contaminates them)
     data_dir: str | None = None
     inputs: Sequence[tuple[str, FieldMap | None]] = ()
     generators: Sequence[str] = ()
     synthetic_samples: int = 0
     ta_samples: int = 0
-    decontaminate: Sequence[str] = ()
-    ngram: int = 13
-    threshold: float = 0.5
+    decontaminate: Sequence[str] = ()  # evaluation sets checked besides the local benchmarks
+    decontaminate_local_benchmarks: bool = True  # check against every benchmark present under data_dir
+    ngram: int = NGRAM
+    threshold: float = THRESHOLD
     dropped_report: str | None = None
     tokenizer: str | None = None
     max_tokens: int | None = None
@@ -58,8 +70,32 @@ class BuildConfig:
         for name in self.sources:
             if name not in SOURCES:
                 raise ValueError(f"unknown source {name!r}; known sources: {sorted(SOURCES)}")
+        for name in self.source_splits:
+            if name not in self.sources:
+                raise ValueError(f"a split is given for source {name!r}, which is not among the sources "
+                                 f"{list(self.sources)}")
         for name in self.generators:
             generators.get_generator(name)
+        for spec in self.decontaminate:
+            check_eval_set(spec)
+        for name in self.sources:
+            split, benchmarks = self.split_of(name), " and ".join(self.scored_by(name))
+            if benchmarks and not self.allow_eval_splits:
+                free = [s for s in SOURCES[name].splits if not scoring_benchmarks(name, s)]
+                raise EvalSplitError(
+                    f"source {name!r}, split {split!r}: evaluation benchmark {benchmarks} scores this split, so "
+                    f"training on it would contaminate {benchmarks}. "
+                    + (f"Read a split no benchmark scores ({', '.join(free)}: --split {name}=SPLIT), or pass "
+                       if free else f"Every split of {name} is evaluation data; pass ")
+                    + f"{ALLOW_FLAG} to train on it anyway.")
+
+    def split_of(self, source: str) -> str:
+        """The split read from `source`: named for it, named for all, or the source's default."""
+        return self.source_splits.get(source) or self.split or SOURCES[source].default_split
+
+    def scored_by(self, source: str) -> list[str]:
+        """The benchmarks scoring the split read from `source` (empty for a training split)."""
+        return scoring_benchmarks(source, self.split_of(source))
 
 
 @dataclasses.dataclass
@@ -92,6 +128,13 @@ class BuildResult:
     stats: dict[str, SourceStats]
     dropped: list[Dropped]
     skips: SkipLog
+    eval_sets: dict[str, int] = dataclasses.field(default_factory=dict)  # checked against: questions in each
+
+    @property
+    def removed(self) -> dict[str, int]:
+        """Rows decontamination removed per evaluation set checked (each row counts for its best match)."""
+        counts = collections.Counter(item.eval_set for item in self.dropped)
+        return {name: counts[name] for name in self.eval_sets}
 
 
 # ---- collection ---------------------------------------------------------------------------------------
@@ -112,18 +155,35 @@ def split_evenly(total: int, names: Sequence[str]) -> dict[str, int]:
     return {name: base + (i < extra) for i, name in enumerate(names)}
 
 
-def _resolve_split(name: str, split: str | None, data_dir: str | None, say: Progress) -> str | None:
-    """The split to read: the requested one, else the source's default, else (locally) the only split present."""
-    from jaxmath.data.sources import local_splits
+def check_local_splits(config: BuildConfig) -> None:
+    """Raise SourceError when a source's split is missing under `data_dir`, saying which splits are there and
+    which of those evaluation scores (a split is never guessed from what is on disk)."""
+    if config.data_dir is None:
+        return
+    scored = evaluation_splits()
+    for name in config.sources:
+        split, spec = config.split_of(name), SOURCES[name]
+        if local_files(spec, split, config.data_dir):
+            continue
+        present = local_splits(spec, config.data_dir)
+        evaluated = [s for s in present if s in scored.get(name, ())]
+        found = ", ".join(f"{s} (an evaluation split)" if s in evaluated else s for s in present) or "nothing"
+        raise SourceError(f"source {name!r}: no {split!r} split under {os.path.join(config.data_dir, spec.local_dir)}"
+                          f" (found: {found}); choose one with --split {name}=SPLIT"
+                          + (f"; an evaluation split also needs {ALLOW_FLAG}" if evaluated else ""))
 
-    if split is not None or data_dir is None:
-        return split
-    spec = SOURCES[name]
-    present = local_splits(spec, data_dir)
-    if spec.default_split in present or len(present) != 1:
-        return None
-    say(f"  {name}: no {spec.default_split!r} split in {data_dir}; using {present[0]!r}")
-    return present[0]
+
+def eval_sets_for(config: BuildConfig) -> list[str]:
+    """What to decontaminate against: the benchmarks under `data_dir` (less those whose split the build
+    deliberately trains on) and the sets named in `config.decontaminate`."""
+    trained_on = [b for name in config.sources for b in config.scored_by(name)]
+    for name in config.sources:
+        for bench in config.scored_by(name):
+            warnings.warn(f"training on source {name!r}, split {config.split_of(name)!r} ({ALLOW_FLAG}): benchmark "
+                          f"{bench} scores it, so it is not decontaminated against and its scores no longer measure "
+                          "held-out problems", EvalSplitWarning, stacklevel=2)
+    local = default_eval_sets(config.data_dir, exclude=trained_on) if config.decontaminate_local_benchmarks else []
+    return list(dict.fromkeys([*local, *config.decontaminate]))
 
 
 @dataclasses.dataclass
@@ -149,8 +209,7 @@ def collect(config: BuildConfig, skips: SkipLog, say: Progress) -> list[Group]:
         groups.append(Group(name, chosen, bad))
 
     for name in config.sources:
-        split = _resolve_split(name, config.split, config.data_dir, say)
-        add(name, lambda: load_source(name, split, config.data_dir, skips=skips))
+        add(name, lambda: load_source(name, config.split_of(name), config.data_dir, skips=skips))
     for path, field_map in config.inputs:
         name = os.path.splitext(os.path.basename(path))[0]
         add(name, lambda: read_records(path, field_map, source=name, skips=skips))
@@ -169,66 +228,6 @@ def collect(config: BuildConfig, skips: SkipLog, say: Progress) -> list[Group]:
 def question_key(question: str) -> str:
     """The exact-duplicate key: the question with whitespace runs collapsed."""
     return " ".join(question.split())
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens, the unit of n-gram overlap."""
-    return _WORD.findall(text.lower())
-
-
-def ngrams(tokens: Sequence[str], n: int) -> set[tuple[str, ...]]:
-    """All n-grams of `tokens`; a text shorter than n counts as one gram (itself)."""
-    if len(tokens) < n:
-        return {tuple(tokens)} if tokens else set()
-    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
-
-
-class NgramIndex:
-    """N-grams of evaluation questions, each mapped to the first (eval set, item id) that holds it."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.owner: dict[tuple[str, ...], tuple[str, str]] = {}
-
-    def add(self, text: str, eval_set: str, item_id: str) -> None:
-        for gram in ngrams(words(text), self.n):
-            self.owner.setdefault(gram, (eval_set, item_id))
-
-    def overlap(self, text: str) -> tuple[float, tuple[str, str] | None]:
-        """Share of `text`'s n-grams found in the index, and the eval item owning most of them."""
-        grams = ngrams(words(text), self.n)
-        hits = [self.owner[g] for g in grams if g in self.owner]
-        if not grams or not hits:
-            return 0.0, None
-        return len(hits) / len(grams), collections.Counter(hits).most_common(1)[0][0]
-
-
-def eval_questions(spec: str, data_dir: str | None, skips: SkipLog) -> list[tuple[str, str]]:
-    """(id, question) of an evaluation set: a JSONL/Parquet path, or `source[:split]` (split defaults to test)."""
-    if os.path.isfile(spec):
-        items = []
-        for where, _, row in file_rows(spec, skips):
-            text = next((value_text(row[k]) for k in _EVAL_QUESTION_KEYS if value_text(row.get(k))), "")
-            if text:
-                items.append((where, text))
-        return items
-    name, _, split = spec.partition(":")
-    if name not in SOURCES:
-        raise ValueError(f"evaluation set {spec!r} is neither a file nor a known source ({sorted(SOURCES)})")
-    split = split or ("test" if "test" in SOURCES[name].splits else SOURCES[name].default_split)
-    return [(r.id, r.question) for r in load_source(name, split, data_dir, skips=skips)]
-
-
-def build_index(specs: Sequence[str], n: int, data_dir: str | None, say: Progress) -> NgramIndex:
-    """The n-gram index of all evaluation sets (their own bad rows are skipped without affecting the build)."""
-    index = NgramIndex(n)
-    for spec in specs:
-        log = SkipLog()
-        items = eval_questions(spec, data_dir, log)
-        for item_id, text in items:
-            index.add(text, spec, item_id)
-        say(f"  eval set {spec}: {len(items)} questions" + (f" ({log.total} unreadable rows ignored)" if log.total else ""))
-    return index
 
 
 def token_filter(tokenizer_path: str, max_tokens: int) -> Callable[[Record], int | None]:
@@ -250,12 +249,8 @@ def format_table(stats: dict[str, SourceStats]) -> str:
     """The per-source summary table, with a total row."""
     columns = [f.name for f in dataclasses.fields(SourceStats)]
     total = SourceStats(**{c: sum(getattr(s, c) for s in stats.values()) for c in columns})
-    rows = [["source", *columns]] + [[name, *(str(getattr(s, c)) for c in columns)]
-                                     for name, s in [*stats.items(), ("total", total)]]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:-1], "-" * len(lines[0]), lines[-1]])
+    return total_table([["source", *columns]] + [[name, *(str(getattr(s, c)) for c in columns)]
+                                                 for name, s in [*stats.items(), ("total", total)]])
 
 
 def _stderr(message: str) -> None:
@@ -267,6 +262,8 @@ def build(config: BuildConfig, progress: Progress | None = _stderr) -> BuildResu
     say = progress or (lambda message: None)
     skips = SkipLog(strict=config.strict)
     start = time.perf_counter()
+    check_local_splits(config)
+    eval_sets = eval_sets_for(config)
     say("[1/4] collecting records")
     groups = collect(config, skips, say)
     stats = {group.name: SourceStats(loaded=len(group.records), bad=group.bad) for group in groups}
@@ -289,15 +286,16 @@ def build(config: BuildConfig, progress: Progress | None = _stderr) -> BuildResu
             seen.add(key)
             kept.append((name, record))
     dropped: list[Dropped] = []
-    if config.decontaminate:
-        say(f"[3/4] decontaminating against {', '.join(config.decontaminate)} "
+    sizes: dict[str, int] = {}
+    if eval_sets:
+        say(f"[3/4] decontaminating against {', '.join(eval_sets)} "
             f"({config.ngram}-grams, threshold {config.threshold})")
-        index = build_index(config.decontaminate, config.ngram, config.data_dir, say)
+        index, sizes = build_index(eval_sets, config.ngram, config.data_dir, say)
         clean = []
         for name, record in kept:
-            share, owner = index.overlap(record.question)
-            if owner is not None and share >= config.threshold:
-                dropped.append(Dropped(record.id, name, record.question, owner[0], owner[1], round(share, 4)))
+            if (match := index.contaminating(record.question, config.threshold)) is not None:
+                dropped.append(Dropped(record.id, name, record.question, match.eval_set, match.eval_id,
+                                       round(match.overlap, 4)))
                 stats[name].contaminated += 1
             else:
                 clean.append((name, record))
@@ -305,16 +303,23 @@ def build(config: BuildConfig, progress: Progress | None = _stderr) -> BuildResu
         if config.dropped_report:
             write_dropped(dropped, config.dropped_report)
             say(f"  wrote the {len(dropped)} dropped record(s) to {config.dropped_report}")
+    elif not config.decontaminate_local_benchmarks:
+        say("[3/4] decontamination: turned off")
     else:
-        say("[3/4] decontamination: no evaluation sets given, skipped")
+        say("[3/4] decontamination: no benchmark copies under --data-dir and no --decontaminate sets: nothing "
+            "checked")
     for name, _ in kept:
         stats[name].written += 1
     say(f"[4/4] writing {config.output}")
     written = write_records((record for _, record in kept), config.output)
+    result = BuildResult(written, stats, dropped, skips, sizes)
     say(format_table(stats))
+    if sizes:
+        say(f"decontamination ({config.ngram}-grams, threshold {config.threshold}), rows removed per evaluation set:")
+        say(format_removed(sizes, result.removed))
     say(f"wrote {written} records to {config.output} in {time.perf_counter() - start:.1f}s")
     skips.warn()
-    return BuildResult(written, stats, dropped, skips)
+    return result
 
 
 def write_dropped(dropped: Iterable[Dropped], path: str) -> None:

@@ -1,10 +1,16 @@
 """DPO preference pairs from sampled, graded completions: correct vs incorrect, and concise vs verbose.
 
-Input rows, per question, come in two layouts:
+Input rows, per question, come in three layouts:
 - grouped: `{"question", "answer"?, "completions": [str, ...], "correct": [bool | None, ...]}`;
+- labelled solutions: `{"question", NAME: {"solution": str, "is_correct": bool}, ...}`, every field holding
+  a solution and its label being one completion (GSM8K's `example_model_solutions.jsonl`: four models'
+  solutions per test problem);
 - `samples.jsonl` from `jaxmath eval`: one row per sample (`benchmark`, `id`, `completion`, `verdict`),
   grouped by (benchmark, id); the question text comes from the benchmark itself (`questions=`).
 Output rows are `{"id", "question", "chosen", "rejected", "kind"}`, what `preference_pipeline` reads.
+Questions of an evaluation benchmark are training data only when asked for: `sample_benchmarks` names the
+benchmarks samples.jsonl rows come from, and `drop_contaminated` removes questions that overlap an index of
+evaluation questions (`jaxmath.data.decontaminate`).
 
 Completions are deduplicated per question on a normal form: for program-of-thought (a fenced Python
 block that parses) the program with comments, docstrings and print statements removed, re-printed by
@@ -21,6 +27,8 @@ import os
 import random
 from typing import Any, Iterable, Mapping, Sequence
 
+from jaxmath.data.benchmarks import ALLOW_FLAG, BENCHMARKS, EvalSplitError
+from jaxmath.data.decontaminate import NgramIndex
 from jaxmath.data.readers import Located, SkipLog
 from jaxmath.data.schema import BadRow
 from jaxmath.verify.rewards import extract_program
@@ -169,9 +177,21 @@ def _verdicts(row: Mapping[str, Any]) -> list[bool | None]:
     return [None if v is None else bool(v) for v in correct]
 
 
+def _labelled(row: Mapping[str, Any]) -> tuple[list[str], list[bool | None]]:
+    """(solutions, labels) of a labelled-solutions row: every field holding `solution` and `is_correct`."""
+    completions, verdicts = [], []
+    for key, value in row.items():
+        if isinstance(value, Mapping) and {"solution", "is_correct"} <= value.keys():
+            if not isinstance(value["solution"], str) or not isinstance(value["is_correct"], bool):
+                raise BadRow("bad solution", f"field {key!r} needs a string 'solution' and a true/false 'is_correct'")
+            completions.append(value["solution"])
+            verdicts.append(value["is_correct"])
+    return completions, verdicts
+
+
 def group_samples(rows: Iterable[Located], skips: SkipLog,
                   questions: Mapping[tuple[str, str], str] | None = None) -> list[Sampled]:
-    """One `Sampled` per question from rows of either layout, questions merged on their text (first-seen
+    """One `Sampled` per question from rows of any layout, questions merged on their text (first-seen
     order); `questions` maps (benchmark, id) to the question text of `samples.jsonl` rows."""
     grouped: dict[str, Sampled] = {}
     for where, _, row in rows:
@@ -179,10 +199,14 @@ def group_samples(rows: Iterable[Located], skips: SkipLog,
             if "completions" in row:
                 question, completions, verdicts = row.get("question"), row["completions"], _verdicts(row)
                 row_id = str(row.get("id") or os.path.basename(where))
+            elif "completion" not in row and (labelled := _labelled(row))[0]:
+                question, (completions, verdicts) = row.get("question"), labelled
+                row_id = str(row.get("id") or os.path.basename(where))
             else:
-                if not isinstance(row.get("completion"), str) or row.get("verdict") not in VERDICTS:
-                    raise BadRow("not a sample", "expected 'completions' + 'correct', or a samples.jsonl row "
-                                                 f"with 'completion' and a verdict in {sorted(VERDICTS)}")
+                if not isinstance(row.get("completion"), str) or str(row.get("verdict")) not in VERDICTS:
+                    raise BadRow("not a sample", "expected 'completions' + 'correct', fields holding 'solution' + "
+                                                 "'is_correct', or a samples.jsonl row with 'completion' and a "
+                                                 f"verdict in {sorted(VERDICTS)}")
                 key = (str(row.get("benchmark")), str(row.get("id")))
                 question = (questions or {}).get(key)
                 if question is None:
@@ -200,12 +224,41 @@ def group_samples(rows: Iterable[Located], skips: SkipLog,
     return list(grouped.values())
 
 
+def sample_benchmarks(rows: Sequence[Located], allow_eval_splits: bool = False, local: bool = True) -> list[str]:
+    """The benchmarks `samples.jsonl` rows come from. Their questions are the split each benchmark scores
+    (locally or on the Hub), so EvalSplitError names the first such row unless `allow_eval_splits`."""
+    first_row: dict[str, str] = {}  # benchmark -> where its first sample is, in reading order
+    for where, _, row in rows:
+        if "completion" in row and "benchmark" in row:
+            first_row.setdefault(str(row["benchmark"]), where)
+    name = next((name for name in first_row if name in BENCHMARKS), None)
+    if name is not None and not allow_eval_splits:
+        bench = BENCHMARKS[name]
+        raise EvalSplitError(f"{first_row[name]}: a sample of benchmark {name}, whose questions are source "
+                             f"{bench.source.name!r}, split {bench.split(local)!r}, which evaluation scores; pairs "
+                             f"from them would contaminate {name}. Pass {ALLOW_FLAG} to build pairs from them anyway.")
+    return sorted(first_row)
+
+
 def benchmark_questions(rows: Sequence[Located], data_dir: str | None) -> dict[tuple[str, str], str]:
     """(benchmark, id) -> question for the benchmarks `samples.jsonl` rows name (local copies or the Hub)."""
-    names = sorted({str(row["benchmark"]) for _, _, row in rows if "completion" in row and "benchmark" in row})
+    names = sample_benchmarks(rows, allow_eval_splits=True)
     if not names:
         return {}
     from jaxmath.evaluation import load_benchmark
 
     return {(name, record.id): record.question for name in names for record in load_benchmark(name, data_dir)}
+
+
+def drop_contaminated(questions: Iterable[Sampled], index: NgramIndex,
+                      threshold: float) -> tuple[list[Sampled], collections.Counter]:
+    """The questions whose best overlap with an evaluation question stays below `threshold`, and how many
+    each evaluation set removed."""
+    kept, removed = [], collections.Counter()
+    for sampled in questions:
+        if (match := index.contaminating(sampled.question, threshold)) is not None:
+            removed[match.eval_set] += 1
+        else:
+            kept.append(sampled)
+    return kept, removed
 

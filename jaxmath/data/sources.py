@@ -173,13 +173,17 @@ def load_source(name: str, split: str | None = None, data_dir: str | os.PathLike
     Bad rows are skipped and counted in `skips` (one summary warning at the end when none is given).
     """
     spec = get_source(name)
-    split = split or spec.default_split
     log = skips if skips is not None else SkipLog()
-    rows = _local_rows(spec, split, data_dir, log) if data_dir is not None else _hub_rows(spec, split)
-    records = list(map_rows(rows, spec.layouts, name, log, prepare=spec.prepare, id_prefix=f"{name}-{split}"))
+    records = source_records(spec, split or spec.default_split, data_dir, log)
     if skips is None:
         log.warn()
     return records
+
+
+def source_records(spec: SourceSpec, split: str, data_dir: str | os.PathLike | None, skips: SkipLog) -> list[Record]:
+    """All records of `split` of `spec` (the Hub, or `data_dir` when given); bad rows go to `skips`."""
+    rows = _local_rows(spec, split, data_dir, skips) if data_dir is not None else _hub_rows(spec, split)
+    return list(map_rows(rows, spec.layouts, spec.name, skips, prepare=spec.prepare, id_prefix=f"{spec.name}-{split}"))
 
 
 def describe_sources() -> str:
