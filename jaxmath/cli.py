@@ -84,7 +84,8 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--output-dir", default=None, help="run directory (default: the config's output_dir)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument("--dry-run", action="store_true",
-                        help="compile the train step and print per-device memory; loads no weights")
+                        help="compile the train step and print per-device memory (with model.remat: auto, a "
+                             "table of every remat option and the one training would take); loads no weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every array it writes at INFO
@@ -94,7 +95,11 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         config = load_config(TrainConfig, args.config, args.set)
         if args.dry_run:
-            print(json.dumps(dry_run(config, args.output_dir), indent=2))
+            report = dry_run(config, args.output_dir)
+            if "remat_options" in report:
+                from jaxmath.train.remat import format_options
+                print(format_options(report["remat_options"]))
+            print(json.dumps(report, indent=2))
             return 0
         print(json.dumps(train(config, args.output_dir, resume=args.resume), indent=2))
     except (ConfigError, TrainingError, FileNotFoundError, ValueError) as err:

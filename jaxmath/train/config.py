@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from jaxmath.models.config import REMAT_POLICIES
 from jaxmath.objectives.grpo import ADVANTAGE_ESTIMATORS, GRPOConfig
 from jaxmath.objectives.dpo import DPOConfig
 from jaxmath.parallel import MeshConfig
@@ -31,8 +32,8 @@ class ModelSection:
     init: dict[str, Any] | None = None
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # master weights (float32 + bfloat16 compute = mixed precision)
-    remat: str = "none"
-    attention_impl: str | None = None
+    remat: str = "auto"  # or none / dots / dots_no_batch / full (jaxmath.train.remat)
+    attention_impl: str | None = "auto"  # or xla / chunked / cudnn / splash; null = auto (jaxmath.models.attention)
     seed: int = 0
     lora: LoraSection | None = None
 
@@ -48,6 +49,8 @@ class ModelSection:
     def __post_init__(self) -> None:
         if (self.path is None) == (self.init is None):
             raise ValueError("set exactly one of model.path (pretrained weights) and model.init (random init)")
+        if self.remat not in ("auto", *REMAT_POLICIES):
+            raise ValueError(f"model.remat={self.remat!r}; expected auto or one of {REMAT_POLICIES}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -258,7 +258,7 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
     rl = build_rl_run(config, output_dir)
     run, g, tc = rl.run, rl.grpo, config.train
     if jax.process_index() == 0:
-        dump_yaml(config, run.out / "config.yaml")
+        dump_yaml(run.config, run.out / "config.yaml")
     options = PipelineOptions(seed=config.data.seed, num_epochs=None, shuffle=True, strict=config.data.strict)
     prompts = iter(rl_prompt_pipeline(run.train_records, run.tokenizer, get_format(config.data.format),
                                       max_prompt_len=g.max_prompt_len,

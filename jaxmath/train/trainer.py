@@ -36,6 +36,7 @@ from jaxmath.models.transformer import build_model
 from jaxmath.objectives import metric_means
 from jaxmath.parallel import initialize_distributed, make_mesh
 from jaxmath.train import reference as ref
+from jaxmath.train import remat
 from jaxmath.train.checkpointing import TrainCheckpointer
 from jaxmath.train.config import TrainConfig
 from jaxmath.train.metrics import MetricsWriter, peak_flops, train_flops_per_token
@@ -200,6 +201,7 @@ def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_da
     steps. Without data (dry runs) the tokenizer is built only when the vocabulary size depends on it.
     `task` defaults to the objective's (`jaxmath.train.tasks.task_for`)."""
     task = task or task_for(config)
+    config = with_measured_remat(config, output_dir)
     out = Path(output_dir or config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(config.mesh)
@@ -240,8 +242,15 @@ def _fresh_state_shapes(run: Run) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, opt_state, jax.random.PRNGKey(0))
 
 
-def dry_run(config: TrainConfig, output_dir: str | Path | None = None) -> dict[str, float]:
-    """Compile the train step for the config's shapes and report per-device memory, loading no weights."""
+def dry_run(config: TrainConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Compile the train step for the config's shapes and report per-device memory, loading no weights.
+    With `model.remat: auto` every remat option is measured: the chosen one's report, plus `remat` and the
+    `remat_options` table."""
+    if config.model.remat == remat.AUTO:
+        options = _measure_remat(config, output_dir, stop_at_first_fit=False)
+        chosen = remat.first_fit(options) or options[-1]
+        return {**chosen.report, "remat": chosen.remat, "remat_fits": chosen.fits,
+                "remat_options": [option.row() for option in options]}
     run = build_run(config, output_dir, with_data=False)
     state = abstract_state(run)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding[k])
@@ -253,6 +262,37 @@ def dry_run(config: TrainConfig, output_dir: str | Path | None = None) -> dict[s
         from jaxmath.train.rl import with_rollout_memory
         return with_rollout_memory(report, run)
     return report
+
+
+def _with_remat(config: TrainConfig, policy: str) -> TrainConfig:
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, remat=policy))
+
+
+def _measure_remat(config: TrainConfig, output_dir: str | Path | None,
+                   stop_at_first_fit: bool) -> list[remat.RematOption]:
+    return remat.measure_options(lambda policy: dry_run(_with_remat(config, policy), output_dir),
+                                 remat.budget_gib(), stop_at_first_fit)
+
+
+def with_measured_remat(config: TrainConfig, output_dir: str | Path | None = None) -> TrainConfig:
+    """The config with `model.remat: auto` replaced by the least recomputation whose compiled step fits (one
+    dry-run compile per option tried; every process takes process 0's choice)."""
+    if config.model.remat != remat.AUTO:
+        return config
+    options = _measure_remat(config, output_dir, stop_at_first_fit=True)
+    chosen = remat.first_fit(options)
+    none_fits = len(remat.REMAT_ORDER)
+    index = none_fits if chosen is None else remat.REMAT_ORDER.index(chosen.remat)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        index = int(multihost_utils.broadcast_one_to_all(np.int32(index)))
+    table = remat.format_options([option.row() for option in options])
+    if index == none_fits:
+        raise TrainingError(f"model.remat: auto found no remat policy whose train step fits this device:\n{table}\n"
+                            "make micro-batches smaller (optimizer.grad_accum, data.batch_size, data.seq_len) or "
+                            "shard the weights over more devices (mesh.fsdp)")
+    log.info("model.remat: auto chose %s\n%s", remat.REMAT_ORDER[index], table)
+    return _with_remat(config, remat.REMAT_ORDER[index])
 
 
 def memory_report(state: TrainState, stats: Any) -> dict[str, float]:
@@ -381,7 +421,7 @@ def train(config: TrainConfig, output_dir: str | Path | None = None, resume: boo
     run = build_run(config, output_dir)
     out, tc = run.out, config.train
     if jax.process_index() == 0:
-        dump_yaml(config, out / "config.yaml")
+        dump_yaml(run.config, out / "config.yaml")  # as resolved (model.remat: auto -> the measured choice)
     checkpointer = TrainCheckpointer(out / "checkpoints", keep=tc.keep_checkpoints)
     restoring = resume and checkpointer.latest_step() is not None
     if resume and not restoring:
