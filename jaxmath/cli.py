@@ -91,6 +91,7 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every array it writes at INFO
     from jaxmath.train.config import TrainConfig
     from jaxmath.train.trainer import TrainingError, dry_run, train
+    from jaxmath.verify.sandbox import SandboxUnavailable
 
     try:
         config = load_config(TrainConfig, args.config, args.set)
@@ -102,7 +103,7 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(json.dumps(report, indent=2))
             return 0
         print(json.dumps(train(config, args.output_dir, resume=args.resume), indent=2))
-    except (ConfigError, TrainingError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, TrainingError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -41,6 +41,7 @@ from jaxmath.objectives.prm import STEP_AGGREGATIONS, aggregate_step_scores, bes
 from jaxmath.parallel import make_mesh
 from jaxmath.sampling import completion_texts, generate
 from jaxmath.verify import Verifier, extract_answer
+from jaxmath.verify.sandbox import LAYERS, SandboxUnavailable, require_layers
 from jaxmath.verify.verdict import Outcome, Verdict
 
 if TYPE_CHECKING:
@@ -382,6 +383,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         help="PRM directory (jaxmath or HF token classifier, trained in --format) for --select prm")
     parser.add_argument("--prm-aggregation", choices=sorted(STEP_AGGREGATIONS), default="min",
                         help="how a sample's step scores become one score (default min)")
+    parser.add_argument("--require-sandbox", nargs="+", default=[], choices=LAYERS, metavar="LAYER",
+                        help="fail at start unless the program sandbox (--format pot runs each program there) gets "
+                             f"these isolation layers on this machine (layers: {', '.join(LAYERS)})")
     parser.add_argument("--out", required=True, help="output directory for samples.jsonl and summary.json")
     args = parser.parse_args(argv)
     if (args.select == "prm") != (args.prm is not None):
@@ -392,10 +396,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         tuple(args.stop))
     start = time.perf_counter()
     try:
+        if args.require_sandbox:
+            require_layers(args.require_sandbox)
         summary = evaluate(args.model, args.benchmarks, args.out, args.data_dir, args.format, args.num_samples,
                            sampling, args.batch_size, args.limit, args.dtype, args.tokenizer, args.verifier_workers,
                            args.fallback_last_number, args.repair_rounds, args.prm, args.prm_aggregation)
-    except (EvaluationError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (EvaluationError, CheckpointError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(format_table(summary))

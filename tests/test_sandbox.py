@@ -1,12 +1,17 @@
 """Program-of-thought sandbox: correct programs give the right value; escape and abuse attempts fail safely."""
 from __future__ import annotations
 
+import ast
 import os
 import socket
 import subprocess
+import sys
 import threading
+import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxmath.verify.sandbox import STATUSES, Sandbox, run_program
 
@@ -139,11 +144,9 @@ ESCAPES = {
     "sympify open write": ("import sympy\nsympy.sympify(\"open('/tmp/pwned', 'w')\")", "error", "not allowed"),
     "sympify read file": ("import sympy\nsympy.sympify(\"open('/etc/hostname').read()\")", "error", "not allowed"),
     "sympify fork": ("import sympy\nsympy.sympify(\"__import__('os').fork()\")", "error", "os.fork"),
-    "memory bomb": ("x = [0] * (10 ** 10)", "memory_limit", "MemoryError"),
+    "list memory bomb": ("x = [0] * (10 ** 10)", "memory_limit", "MemoryError"),
     "string memory bomb": ("s = 'a' * 2 ** 33", "memory_limit", "MemoryError"),
-    "infinite loop": ("while True:\n    pass", "timeout", "wall-clock"),
     "power tower": ("answer = 9 ** 9 ** 9", "timeout", ""),
-    "huge output": ("while True:\n    print('spam' * 100)", "output_limit", "output"),
     "huge int to text": ("answer = 10 ** 20000", "error", "ValueError"),
     "deep recursion": ("def f(n):\n    return f(n + 1)\nf(0)", "error", "RecursionError"),
     "decimal precision bomb": ("import decimal\ndecimal.getcontext().prec = 10**9\n"
@@ -168,7 +171,180 @@ def test_escape_attempt_fails_safely(sandbox, name):
     _assert_host_unaffected(sandbox)
 
 
-# --- the boundary on its own: the same attacks with every Python-level guard off ------------------
+# --- the same attacks with the Python-level guards on and off ---------------------------------------
+# With guards off only the OS layers stand between program and host. Each attack names the layer its
+# guards-off outcome rests on: where the kernel refuses that layer the case is skipped (after checking
+# that the sandbox reports it missing). Outcomes are (status, text in the error or value).
+
+@pytest.fixture(scope="module")
+def boxes(sandbox, bare):
+    return {True: sandbox, False: bare}
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A host TCP port no sandboxed program may reach (checked after every attack)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def canaries():
+    """A secret file in /tmp and one in the caller's home directory, under unique names; removed after."""
+    name = f".jaxmath-canary-{uuid.uuid4().hex}"
+    paths = {"tmp": os.path.join("/tmp", name), "home": os.path.join(os.path.expanduser("~"), name)}
+    for path in paths.values():
+        with open(path, "w") as f:
+            f.write(SECRET)
+    yield {**paths, "name": name}
+    for path in paths.values():
+        os.remove(path)
+
+
+def _needs(sb: Sandbox, layer: str) -> None:
+    """Skip when this kernel refuses `layer`, after checking the sandbox says so."""
+    if layer in sb.missing_layers:
+        assert layer not in sb.layers
+        pytest.skip(f"this kernel refuses the {layer} layer: {sb.missing_layers[layer]}")
+    assert layer in sb.layers
+
+
+IMPORT_BLOCKED = ("error", "ImportError")
+OPEN_REMOVED = ("error", "NameError: name 'open' is not defined")
+READ_ONLY = ("error", "Read-only file system")
+SECCOMP_DENIED = ("error", "PermissionError: [Errno 1] Operation not permitted")
+ATTACKS = {  # name: (program, outcome with guards on, outcome with guards off, layer the latter rests on)
+    "read /tmp canary": ("answer = open({tmp!r}).read()", OPEN_REMOVED, ("error", "FileNotFoundError"),
+                         "hidden_dirs"),
+    "read home canary": ("answer = open({home!r}).read()", OPEN_REMOVED, ("error", "FileNotFoundError"),
+                         "hidden_dirs"),
+    "list /tmp": ("import os\nanswer = os.listdir('/tmp')", IMPORT_BLOCKED, ("ok", ""), "hidden_dirs"),
+    "list home": ("import os\nanswer = os.listdir({home_dir!r})", IMPORT_BLOCKED, ("ok", ""), "hidden_dirs"),
+    "write /tmp": ("open({tmp_new!r}, 'w').write('x')", OPEN_REMOVED, READ_ONLY, "hidden_dirs"),
+    "write /dev/shm": ("open({shm_new!r}, 'w').write('x')", OPEN_REMOVED, READ_ONLY, "hidden_dirs"),
+    "write the repository": ("open({repo_new!r}, 'w').write('x')", OPEN_REMOVED, READ_ONLY, "readonly_fs"),
+    "network connect": ("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)",
+                        IMPORT_BLOCKED, SECCOMP_DENIED, "seccomp"),
+    "exec /bin/sh": ("import os\nos.execv('/bin/sh', ['sh', '-c', 'echo x > {tmp_new}'])", IMPORT_BLOCKED,
+                     SECCOMP_DENIED, "seccomp"),
+    "fork": ("import os\nanswer = os.fork()", IMPORT_BLOCKED, SECCOMP_DENIED, "seccomp"),
+    "fork bomb": ("import os\nwhile True:\n    os.fork()", IMPORT_BLOCKED, SECCOMP_DENIED, "seccomp"),
+    "thread": ("import threading\nthreading.Thread(target=print).start()", IMPORT_BLOCKED,
+               ("error", "can't start new thread"), "seccomp"),
+    "subprocess": ("import subprocess\nsubprocess.run(['/bin/sh', '-c', 'echo x > {tmp_new}'])", IMPORT_BLOCKED,
+                   SECCOMP_DENIED, "seccomp"),
+    "os.system": ("import os\nanswer = os.system('echo x > {tmp_new}')", IMPORT_BLOCKED, ("ok", "32512"),
+                  "seccomp"),  # glibc: posix_spawn failed, W_EXITCODE(127, 0)
+    "ctypes fork": ("import ctypes\nanswer = [ctypes.CDLL(None).fork() for _ in range(100)][-1]", IMPORT_BLOCKED,
+                    ("ok", "-1"), "seccomp"),
+    "new session": ("import os\nos.setsid()", IMPORT_BLOCKED, SECCOMP_DENIED, "seccomp"),
+    "signal the parent": ("import os\nos.kill(os.getppid(), 9)", IMPORT_BLOCKED, SECCOMP_DENIED, "seccomp"),
+    "signal the host": ("import os\nos.kill({host_pid}, 9)", IMPORT_BLOCKED, SECCOMP_DENIED, "seccomp"),
+    "ctypes kill": ("import ctypes\nanswer = ctypes.CDLL(None).kill({host_pid}, 9)", IMPORT_BLOCKED,
+                    ("ok", "-1"), "seccomp"),
+    "ctypes unmount /tmp": ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                            "answer = (libc.umount2(b'/tmp', 2), ctypes.get_errno(), os.listdir('/tmp'))",
+                            IMPORT_BLOCKED, ("ok", "(-1, 1, ["), "seccomp"),
+    "ctypes mount over /tmp": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                               "answer = (libc.mount(b'x', b'/tmp', b'tmpfs', 0, None), ctypes.get_errno())",
+                               IMPORT_BLOCKED, ("ok", "(-1, 1)"), "seccomp"),
+    "memory bomb": ("x = bytearray(2 ** 34)", ("memory_limit", "MemoryError"), ("memory_limit", "MemoryError"),
+                    "rlimits"),
+    "huge output": ("while True:\n    print('spam' * 100)", ("output_limit", "output"),
+                    ("output_limit", "output"), "rlimits"),
+    "infinite loop": ("while True:\n    pass", ("timeout", "wall-clock"), ("timeout", "wall-clock"), "rlimits"),
+    "signals ignored, then a loop": ("import signal\nfor s in (signal.SIGXCPU, signal.SIGTERM, signal.SIGALRM):\n"
+                                     "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass",
+                                     IMPORT_BLOCKED, ("timeout", ""), "rlimits"),
+}
+SLOW_ATTACKS = {"infinite loop", "signals ignored, then a loop"}  # each waits out the wall-clock limit
+
+
+@pytest.mark.parametrize("guards", [True, False], ids=["guards_on", "guards_off"])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_ATTACKS else n
+                                  for n in ATTACKS])
+def test_attack_is_blocked_killed_or_limited(boxes, listener, canaries, guards, name):
+    program, guarded, bare_outcome, layer = ATTACKS[name]
+    sb = boxes[guards]
+    if not guards:
+        _needs(sb, layer)
+    marker = f"jaxmath-sandbox-pwned-{uuid.uuid4().hex}"
+    places = {"tmp_new": f"/tmp/{marker}", "shm_new": f"/dev/shm/{marker}",
+              "repo_new": os.path.join(os.path.dirname(os.path.abspath(__file__)), marker)}
+    sb.start()
+    server = sb.server_pid
+    result = sb.run(program.format(**canaries, **places, home_dir=os.path.expanduser("~"),
+                                   port=listener.getsockname()[1], host_pid=os.getpid()))
+    status, text = guarded if guards else bare_outcome
+    assert result.status == status, result
+    assert text in (result.error or "") + (result.value or ""), result
+    assert SECRET not in (result.value or "") + result.stdout + (result.error or "")
+    assert canaries["name"] not in (result.value or "")
+    assert not any(os.path.exists(p) for p in places.values())
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nothing connected
+    assert sb.server_pid == server  # the fork server survived
+    assert result.duration_s < sb.timeout + 1.0
+    _assert_host_unaffected(sb)
+
+
+def test_guards_off_cannot_read_or_list_canaries_in_home_and_tmp(bare, canaries):
+    _needs(bare, "hidden_dirs")
+    home = os.path.expanduser("~")
+    code = f"""import glob, os
+found = {{}}
+for path in ({canaries['tmp']!r}, {canaries['home']!r}, '/proc/1/root' + {canaries['tmp']!r},
+             '/proc/{bare.server_pid}/root' + {canaries['home']!r}, '/proc/{os.getpid()}/cwd/' + {canaries['name']!r}):
+    try:
+        found[path] = open(path).read()
+    except OSError as exc:
+        found[path] = type(exc).__name__
+for directory in ('/tmp', {home!r}, '/var/tmp', '/dev/shm', '/run', '/home'):
+    found[directory] = sorted(os.listdir(directory)) if os.path.isdir(directory) else None
+found['glob'] = glob.glob('/tmp/.jaxmath-canary-*') + glob.glob({home!r} + '/.*')
+found['exists'] = [os.path.exists(p) for p in ({canaries['tmp']!r}, {canaries['home']!r})]
+answer = repr(found)"""
+    result = bare.run(code)
+    assert result.status == "ok", result
+    found = ast.literal_eval(result.value)
+    assert SECRET not in result.value
+    for path in list(found)[:5]:
+        assert found[path] in ("FileNotFoundError", "PermissionError"), (path, found[path])
+    assert found["exists"] == [False, False]
+    # Each covered directory shows at most the first step towards a path the interpreter imports from.
+    roots = [os.path.realpath(p) for p in sys.path if p and os.path.exists(p)]
+    for directory in ("/tmp", home, "/var/tmp", "/dev/shm", "/run", "/home"):
+        real = os.path.realpath(directory)
+        allowed = {os.path.relpath(r, real).split("/")[0] for r in roots if r.startswith(real.rstrip("/") + "/")}
+        if found[directory] is not None:
+            assert set(found[directory]) <= allowed, (directory, found[directory], allowed)
+    for path in found["glob"]:  # dot-entries of home: only those on the way to the interpreter
+        assert any(r == path or r.startswith(path + "/") for r in roots), path
+
+
+FRAGMENTS = ["answer = 1", "import os", "import sympy", "x = 1 / 0", "print('a' * 50)", "assert False",
+             "def solution():\n    return 7", "answer = os.listdir('/')", "raise SystemExit(2)", "answer = '\\x00'",
+             "import ctypes", "answer = [1] * 10 ** 6", "result = sympy.Symbol('x') ** 2", "open('/etc/hostname')"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("guards", [True, False], ids=["guards_on", "guards_off"])
+@settings(max_examples=15, deadline=None)
+@given(codes=st.lists(st.one_of(st.text(max_size=300),
+                                st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=5).map("\n".join)),
+                      min_size=1, max_size=4))
+def test_any_text_gives_a_result_never_an_exception(boxes, guards, codes):
+    results = boxes[guards].run_batch(codes)
+    assert len(results) == len(codes)
+    for result in results:
+        assert result.status in STATUSES and result.status != "crashed", result
+        assert result.value is None or isinstance(result.value, str)
+        assert (result.status == "ok") == (result.error is None), result
+
 
 def test_bare_secrets_stay_in_the_host(bare):
     # A host process whose initial environment holds a secret, readable at /proc/PID/environ.
@@ -184,61 +360,6 @@ def test_bare_secrets_stay_in_the_host(bare):
         holder.kill()
         holder.wait()
     assert (result.status, result.value) == ("ok", "False"), result
-
-
-def test_bare_host_processes_are_invisible_and_unkillable(bare):
-    result = bare.run(f"import os\nos.kill({os.getpid()}, 9)")
-    assert result.status == "error" and "Error" in result.error
-    ctypes_kill = bare.run(f"import ctypes\nanswer = ctypes.CDLL(None).kill({os.getpid()}, 9)")
-    assert ctypes_kill.value == "-1"
-    _assert_host_unaffected(bare)
-
-
-def test_bare_no_network(bare):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.settimeout(0.2)
-    port = listener.getsockname()[1]
-    try:
-        result = bare.run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)")
-        assert result.status == "error" and ("PermissionError" in result.error or "refused" in result.error)
-        with pytest.raises(socket.timeout):
-            listener.accept()  # nothing ever connected
-    finally:
-        listener.close()
-
-
-@pytest.mark.parametrize("target", ["/tmp", "/dev/shm", "REPO"])
-def test_bare_filesystem_is_not_writable(bare, target, tmp_path):
-    directory = os.path.dirname(os.path.abspath(__file__)) if target == "REPO" else target
-    path = os.path.join(directory, f"sandbox-pwned-{os.getpid()}")
-    result = bare.run(f"open({path!r}, 'w').write('x')")
-    assert result.status == "error" and "Error" in result.error
-    assert not os.path.exists(path)
-
-
-@pytest.mark.parametrize("code", [
-    "import os\nwhile True:\n    os.fork()",
-    "import subprocess\nsubprocess.run(['/bin/sh', '-c', 'touch /tmp/sandbox-pwned'])",
-    "import os\nos.system('touch /tmp/sandbox-pwned')\nanswer = os.system('true')",
-    "import ctypes\nlibc = ctypes.CDLL(None)\nanswer = [libc.fork() for _ in range(100)][-1]",
-    "import threading\nfor _ in range(10000):\n    threading.Thread(target=input).start()",
-    "import os\nos.setsid()",
-])
-def test_bare_no_new_processes(bare, code):
-    result = bare.run(code)
-    assert result.status == "error" or result.value in ("-1", "127", "32512"), result
-    assert not os.path.exists("/tmp/sandbox-pwned")
-    _assert_host_unaffected(bare)
-
-
-def test_bare_signal_tampering_cannot_outlive_the_deadline(bare):
-    code = ("import signal\nfor s in (signal.SIGXCPU, signal.SIGTERM, signal.SIGINT, signal.SIGALRM):\n"
-            "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass")
-    result = bare.run(code)
-    assert result.status == "timeout"
-    _assert_host_unaffected(bare)
 
 
 def test_bare_raw_output_does_not_reach_the_host(bare, capfd):

@@ -17,6 +17,7 @@ from jaxmath.data.tokenizer import train_tokenizer
 from jaxmath.evaluation import Sampling
 from jaxmath.synthesis import AskCounts, ChatCompletionsTeacher, CompletionCache, TeacherError, ask, cache_key
 from jaxmath.synthesis.chat import retry_after_seconds
+from jaxmath.verify.sandbox import shared_sandbox
 
 CORRECT = "Six sevens.\n```python\nanswer = 6 * 7\n```"
 PROGRAMS = {  # question -> the program the server answers with (gold is 42 everywhere)
@@ -113,7 +114,8 @@ def test_synthesize_keeps_only_verified_programs_and_reruns_from_the_cache(serve
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
     # 6 problems x 2 samples; nocode has nothing to run; correct/flaky/busy verify (both samples each)
-    assert summary == {"problems": 6, "asked": 12, "cached": 0, "ran": 10, "verified": 6, "kept": 3}
+    assert summary == {"problems": 6, "asked": 12, "cached": 0, "ran": 10, "verified": 6, "kept": 3,
+                       "sandbox_layers": list(shared_sandbox().layers)}
     assert "[synthesize] 4/6 problems" in captured.err and "[synthesize] 6/6 problems" in captured.err
     assert "HTTP 503: warming up; retry 1/6" in captured.err and "HTTP 429: rate limited" in captured.err
 
@@ -137,7 +139,8 @@ def test_synthesize_keeps_only_verified_programs_and_reruns_from_the_cache(serve
     assert data_main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(server.requests) == asked_before  # nothing asked twice
-    assert summary == {"problems": 6, "asked": 0, "cached": 12, "ran": 10, "verified": 6, "kept": 3}
+    assert summary == {"problems": 6, "asked": 0, "cached": 12, "ran": 10, "verified": 6, "kept": 3,
+                       "sandbox_layers": list(shared_sandbox().layers)}
     assert out.read_text() == first_output
 
     assert data_main([*argv, "--samples", "3"]) == 0  # one more sample: only the new ones are asked
@@ -285,7 +288,8 @@ def test_revise_builds_sft_records_and_dpo_pairs_from_feedback(server, tmp_path,
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # round 1 revises 4 failing samples (3 fixed), round 2 the stubborn one; 5 first tries + 4 + 1 revisions asked
     assert summary == {"problems": 5, "samples": 5, "asked": 10, "cached": 0, "ran": 9, "verified_first_try": 1,
-                       "revisions": 5, "verified_after_revision": 4, "dpo_pairs": 4}
+                       "revisions": 5, "verified_after_revision": 4, "dpo_pairs": 4,
+                       "sandbox_layers": list(shared_sandbox().layers)}
     revision_requests = [r["body"]["messages"] for r in server.requests if len(r["body"]["messages"]) > 2]
     assert len(revision_requests) == 5
     crash = next(m for m in revision_requests if m[1]["content"] == "Q-crash")

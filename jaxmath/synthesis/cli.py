@@ -11,6 +11,7 @@ import yaml
 from jaxmath.config import ConfigError, apply_overrides, from_dict
 from jaxmath.data.formats import FORMATS
 from jaxmath.synthesis.teacher import API_KEY_ENV, BASE_URL_ENV, MODEL_ENV, TeacherError
+from jaxmath.verify.sandbox import LAYERS, SandboxUnavailable
 
 # command-line flag (argparse dest) -> config key
 FLAG_KEYS = {"teacher_model": "teacher.model", "concurrency": "teacher.concurrency",
@@ -18,8 +19,8 @@ FLAG_KEYS = {"teacher_model": "teacher.model", "concurrency": "teacher.concurren
              "batch_size": "teacher.batch_size", "input": "input", "format": "format", "samples": "samples",
              "temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_new_tokens", "seed": "seed",
              "cache": "cache", "limit": "limit", "chunk": "chunk", "sandbox_timeout": "sandbox_timeout",
-             "verifier_workers": "verifier_workers", "output": "output", "keep_per_problem": "keep_per_problem",
-             "output_dir": "output_dir", "rounds": "rounds"}
+             "require_sandbox": "sandbox.require", "verifier_workers": "verifier_workers", "output": "output",
+             "keep_per_problem": "keep_per_problem", "output_dir": "output_dir", "rounds": "rounds"}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +59,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                       help="completion cache (JSONL); share it between runs and commands to ask nothing twice")
     data.add_argument("--sandbox-timeout", type=float, default=None, metavar="S",
                       help="seconds per program (default 5)")
+    data.add_argument("--require-sandbox", nargs="+", default=None, choices=LAYERS, metavar="LAYER",
+                      help="fail at start unless the program sandbox gets these isolation layers on this machine "
+                           f"(config sandbox.require; layers: {', '.join(LAYERS)})")
     data.add_argument("--verifier-workers", type=int, default=None, help="grading processes (default: CPU cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             config = config_from_args(args, RevisionConfig)
             summary = build_revisions(config, None if args.quiet else stderr_progress)
             where = config.output_dir
-    except (ConfigError, TeacherError, BadRowError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, TeacherError, BadRowError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summary))

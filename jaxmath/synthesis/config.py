@@ -7,6 +7,7 @@ from jaxmath.data.readers import read_records
 from jaxmath.data.schema import Record
 from jaxmath.evaluation import Sampling
 from jaxmath.synthesis.teacher import TeacherConfig
+from jaxmath.verify.sandbox import SandboxConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,7 @@ class GenerationConfig:
     limit: int | None = None  # only the first N problems
     chunk: int = 64  # problems per round of asking, running and grading (progress is printed per chunk)
     sandbox_timeout: float = 5.0
+    sandbox: SandboxConfig = dataclasses.field(default_factory=SandboxConfig)  # layers programs must get
     verifier_workers: int | None = None
 
     def __post_init__(self):

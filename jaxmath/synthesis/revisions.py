@@ -19,7 +19,8 @@ from jaxmath.data.schema import Record
 from jaxmath.revise import Attempt, feedback_text, revise, revision_history, round_seed
 from jaxmath.synthesis.cache import CompletionCache, ask
 from jaxmath.synthesis.config import RevisionConfig, load_problems
-from jaxmath.synthesis.synthesize import Progress, Tally, first_attempts, solution_record, stderr_progress
+from jaxmath.synthesis.synthesize import (Progress, Tally, first_attempts, require_sandbox, sandbox_summary,
+                                          solution_record, stderr_progress)
 from jaxmath.synthesis.teacher import Teacher, make_teacher
 from jaxmath.verify import Verifier
 
@@ -49,8 +50,9 @@ def _write_jsonl(rows: Sequence[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build_revisions(config: RevisionConfig, progress: Progress | None = stderr_progress) -> dict[str, int]:
+def build_revisions(config: RevisionConfig, progress: Progress | None = stderr_progress) -> dict[str, Any]:
     """Run `jaxmath data revise`: writes revisions.jsonl, sft.jsonl and dpo.jsonl into `config.output_dir`."""
+    require_sandbox(config)
     problems, fmt = load_problems(config), get_format(config.format)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,4 +91,5 @@ def build_revisions(config: RevisionConfig, progress: Progress | None = stderr_p
     _write_jsonl(pairs, out / "dpo.jsonl")
     return {"problems": tally.problems, "samples": tally.problems * config.samples, "asked": tally.ask.asked,
             "cached": tally.ask.cached, "ran": tally.ran, "verified_first_try": tally.verified,
-            "revisions": revisions, "verified_after_revision": len(rows), "dpo_pairs": len(pairs)}
+            "revisions": revisions, "verified_after_revision": len(rows), "dpo_pairs": len(pairs),
+            **sandbox_summary(config)}

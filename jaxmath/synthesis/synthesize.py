@@ -11,7 +11,7 @@ import dataclasses
 import re
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from jaxmath.data.formats import get_format
 from jaxmath.data.readers import write_records
@@ -21,6 +21,7 @@ from jaxmath.synthesis.cache import AskCounts, CompletionCache, ask
 from jaxmath.synthesis.config import GenerationConfig, SynthesisConfig, load_problems
 from jaxmath.synthesis.teacher import Teacher, make_teacher
 from jaxmath.verify import Verifier
+from jaxmath.verify.sandbox import require_layers, shared_sandbox
 
 Progress = Callable[[str], None]
 
@@ -90,8 +91,22 @@ def keep_verified(problem: Record, attempts: Sequence[Attempt], teacher: Teacher
     return kept
 
 
-def synthesize(config: SynthesisConfig, progress: Progress | None = stderr_progress) -> dict[str, int]:
+def require_sandbox(config: GenerationConfig) -> None:
+    """Fail at start (SandboxUnavailable) when a layer in `sandbox.require` is missing on this machine."""
+    if config.sandbox.require:
+        require_layers(config.sandbox.require)
+
+
+def sandbox_summary(config: GenerationConfig) -> dict[str, list[str]]:
+    """For the summary: the isolation layers the programs ran under (formats that run programs only)."""
+    if get_format(config.format).extraction_style != "pot":
+        return {}
+    return {"sandbox_layers": list(shared_sandbox().layers)}
+
+
+def synthesize(config: SynthesisConfig, progress: Progress | None = stderr_progress) -> dict[str, Any]:
     """Run a synthesis: writes `config.output` (records, atomically) and returns the summary counts."""
+    require_sandbox(config)
     problems = load_problems(config)
     teacher = make_teacher(config.teacher)
     tally, kept, start = Tally(), [], time.perf_counter()
@@ -108,4 +123,4 @@ def synthesize(config: SynthesisConfig, progress: Progress | None = stderr_progr
     finally:
         teacher.close()
     write_records(kept, config.output)
-    return tally.summary()
+    return {**tally.summary(), **sandbox_summary(config)}

@@ -10,6 +10,7 @@ from jaxmath.objectives.grpo import ADVANTAGE_ESTIMATORS, GRPOConfig
 from jaxmath.objectives.dpo import DPOConfig
 from jaxmath.parallel import MeshConfig
 from jaxmath.train.optimizer import OptimizerConfig
+from jaxmath.verify.sandbox import SandboxConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +197,7 @@ class TrainConfig:
     grpo: GRPOSection | None = None  # required by objective grpo
     dpo: DPOSection | None = None  # objective dpo (defaults when absent)
     prm: PRMSection | None = None  # objective prm (defaults when absent)
+    sandbox: SandboxConfig = dataclasses.field(default_factory=SandboxConfig)  # GRPO: layers programs must get
 
     def __post_init__(self) -> None:
         for name, section in (("dpo", DPOSection), ("prm", PRMSection)):
@@ -205,6 +207,8 @@ class TrainConfig:
                 object.__setattr__(self, name, section())
         if (self.objective == "grpo") != (self.grpo is not None):
             raise ValueError("objective grpo needs a grpo section (and only grpo uses one)")
+        if self.sandbox.require and self.objective != "grpo":
+            raise ValueError(f"sandbox.require is checked by GRPO runs only, and objective is {self.objective!r}")
         if self.train.eval_generate and self.objective in ("dpo", "prm"):
             raise ValueError(f"train.eval_generate (graded generation) needs records with answers, which objective "
                              f"{self.objective} does not read")

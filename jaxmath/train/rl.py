@@ -42,6 +42,7 @@ from jaxmath.train.state import init_train_state
 from jaxmath.train.trainer import (Run, TrainingError, abstract_state, build_run, evaluate_accuracy, export_final,
                                    load_params, to_global)
 from jaxmath.verify.rewards import combine_rewards
+from jaxmath.verify.sandbox import require_layers, shared_layers
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,8 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
                progress: bool = True) -> dict[str, Any]:
     """Run (or resume) GRPO; returns a summary with the last reward and held-out accuracy before and after."""
     initialize_distributed()
+    if config.sandbox.require:
+        require_layers(config.sandbox.require)  # before any model is built
     rl = build_rl_run(config, output_dir)
     run, g, tc = rl.run, rl.grpo, config.train
     if jax.process_index() == 0:
@@ -311,6 +314,8 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
             if accuracy is not None:
                 row["eval_accuracy"] = summary["accuracy_after"] = accuracy
         if iteration % tc.log_every == 0 or iteration == tc.steps or "eval_accuracy" in row:
+            if "sandbox_layers" not in summary and (layers := shared_layers()) is not None:
+                row["sandbox_layers"] = summary["sandbox_layers"] = layers  # once: what confined the programs
             writer.write(iteration, row)
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row.get('kl_mean', 0.0):.4f}")

@@ -4,13 +4,15 @@ Run by the host as `python -I server.py '<json options>'`; it reads requests fro
 stdout (protocol.py) until stdin closes. It never runs model code itself: every program runs in a child
 that calls setsid, enters fresh namespaces, forks PID 1 of its PID namespace, confines itself
 (confine.py) and only then executes (guest.py). The server kills each child's process group at its
-wall-clock deadline and caps what it reads back.
+wall-clock deadline and caps what it reads back. At start it runs one probe program and reports which
+layers took effect (and why others did not) with its ready message.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import pwd
 import select
 import signal
 import sys
@@ -23,6 +25,9 @@ import protocol  # noqa: E402
 
 RESULT_OVERHEAD_BYTES = 64_000
 _POLL_S = 0.01
+PROBE = "answer = 1"
+PROBE_OPTIONS = {"timeout": 30.0, "memory_mb": 1024, "max_output": 1000, "allowed_modules": [],
+                 "python_guards": True, "parallel": 1}
 
 
 def preload(numpy: bool) -> None:
@@ -52,11 +57,22 @@ class _Job:
     overflow: bool = False
 
 
+def boundary(home: str | None) -> dict[str, list[str]]:
+    """What children hide (temp dirs, /home, the caller's home) and bind back (this interpreter's sys.path)."""
+    try:
+        homes = [pwd.getpwuid(os.getuid()).pw_dir]
+    except KeyError:  # a uid without a passwd entry (containers)
+        homes = []
+    homes += [home] if home else []
+    return {"hidden": list(confine.HIDDEN_DIRS) + homes, "needed": [p for p in sys.path if p]}
+
+
 def _child(code: str, opts: dict, wfd: int) -> None:
     """Body of the forked child: confine, run, send the result, exit. Never returns."""
     try:
         confine.set_parent_death_signal()
         os.setsid()
+        os.chdir("/")  # a working directory inside a hidden one would stay reachable through "."
         conf = confine.enter_namespaces()
         if conf.pid_namespace:
             runner = os.fork()
@@ -72,13 +88,15 @@ def _child(code: str, opts: dict, wfd: int) -> None:
         os.closerange(wfd + 1, 1 << 16)
         if "namespaces" in conf.layers:
             confine.make_filesystem_readonly(conf)
+            if "hidden_dirs" not in conf.missing:
+                confine.hide_directories(conf, opts["hidden"], opts["needed"])
         confine.drop_privileges(conf)
         limits = confine.Limits(cpu_seconds=int(opts["timeout"]) + 1, memory_bytes=opts["memory_mb"] << 20)
         confine.set_limits(limits, conf)
         confine.install_seccomp(conf)
         result = guest.run(code, allowed_modules=frozenset(opts["allowed_modules"]),
                            max_output=opts["max_output"], python_guards=opts["python_guards"])
-        result["layers"] = conf.layers
+        result.update(layers=conf.layers, missing=conf.missing)
     except BaseException as exc:  # a confinement step failed: report it, never run unconfined
         result = {"status": "crashed", "error": f"sandbox setup failed: {exc!r}"}
     try:
@@ -187,13 +205,15 @@ def run_batch(programs: list[str], opts: dict) -> list[dict]:
 def main() -> None:
     options = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     preload(numpy=bool(options.get("numpy")))
-    protocol.write_message(1, {"ready": True, "pid": os.getpid()})
+    fixed = boundary(options.get("home"))
+    probe = run_batch([PROBE], {**PROBE_OPTIONS, **fixed})[0]
+    protocol.write_message(1, {"ready": True, "pid": os.getpid(), "probe": probe})
     while True:
         request = protocol.read_message(0)
         if request is None:
             return
         try:
-            protocol.write_message(1, {"results": run_batch(request["programs"], request["options"])})
+            protocol.write_message(1, {"results": run_batch(request["programs"], {**request["options"], **fixed})})
         except Exception as exc:  # a malformed request must not take the server down
             protocol.write_message(1, {"error": f"{type(exc).__name__}: {exc}"})
 
