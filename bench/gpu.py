@@ -466,6 +466,9 @@ def run_part(part: Part, deadline: float, log_dir: Path) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             code, killed = proc.wait(), True
+        except BaseException:  # Ctrl-C: its own session would keep the part (and the GPU) busy
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
     result: dict[str, Any] = {}
     if part.result is not None and part.result.is_file():
         result = json.loads(part.result.read_text())
@@ -495,8 +498,8 @@ def child(name: str, args: argparse.Namespace, work: Path, env: dict[str, str], 
     return Part(name, command + (["--smoke"] if args.smoke else []), env, work / f"{name}.json")
 
 
-def section_parts(name: str, args: argparse.Namespace, work: Path, env: dict[str, str], deadline: float,
-                  torch_gpu: bool) -> list[Part]:
+def section_parts(name: str, plan: Plan, args: argparse.Namespace, work: Path, env: dict[str, str],
+                  deadline: float, torch_gpu: bool) -> list[Part]:
     """The processes of one section, run in order; each needs the previous ones to have succeeded."""
     cpu_env = {**env, "JAX_PLATFORMS": "cpu"}
     if name == "sft":
@@ -504,7 +507,6 @@ def section_parts(name: str, args: argparse.Namespace, work: Path, env: dict[str
         parts = [child("sft-jaxmath", args, work, env, deadline, *(["--export"] if with_torch else []))]
         return parts + ([child("sft-torch", args, work, env, deadline)] if with_torch else [])
     if name == "trainer":
-        plan = SMOKE if args.smoke else FULL
         train = [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(TRAINER_CONFIG), "--output-dir",
                  str(work / "trainer_run")]
         for override in trainer_overrides(plan, args.trainer_set):
@@ -513,11 +515,12 @@ def section_parts(name: str, args: argparse.Namespace, work: Path, env: dict[str
     return [child(name, args, work, env, deadline)]
 
 
-def run_section(name: str, args: argparse.Namespace, work: Path, env: dict[str, str], deadline: float,
+def run_section(name: str, plan: Plan, args: argparse.Namespace, work: Path, env: dict[str, str], deadline: float,
                 torch_gpu: bool, log_dir: Path) -> dict[str, Any]:
+    """Run a section's parts in order (a part runs only if the ones before it succeeded) and derive its figures."""
     start, parts = time.time(), {}
-    for part in section_parts(name, args, work, env, deadline, torch_gpu):
-        if parts and any(p["status"] not in ("ok",) for p in parts.values()):
+    for part in section_parts(name, plan, args, work, env, deadline, torch_gpu):
+        if any(p["status"] != "ok" for p in parts.values()):
             parts[part.name] = {"status": "skipped", "error": "an earlier part of this section did not finish"}
             continue
         parts[part.name] = run_part(part, deadline, log_dir)
@@ -719,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             if deadline <= time.time():
                 sections[name] = skipped_section(f"the run's budget of {budget:.0f} s was spent")
                 continue
-            sections[name] = run_section(name, args, work, env, deadline, torch_gpu, log_dir)
+            sections[name] = run_section(name, plan, args, work, env, deadline, torch_gpu, log_dir)
         if (work / "trainer_run" / "metrics.jsonl").is_file() and args.out:
             for name in ("metrics.jsonl", "config.yaml"):
                 if (work / "trainer_run" / name).is_file():
