@@ -59,19 +59,18 @@ def timed(call, repeats: int) -> tuple[float, list[float], object]:
     return warm, times, out
 
 
-def bench_jaxmath(model_dir: Path, prompts: np.ndarray, repeats: int, dtype: str) -> dict:
+def bench_jaxmath(model, prompts: np.ndarray, repeats: int, new_tokens: int = NEW_TOKENS) -> dict:
+    """Greedy jaxmath.generate of `new_tokens` after `prompts`: warm-up (compiling) and timed seconds."""
     import jax
 
     import jaxmath
 
-    model = jaxmath.from_pretrained(model_dir, dtype=dtype)
-
     def call():
-        out = jaxmath.generate(model, prompts, max_new_tokens=NEW_TOKENS)
+        out = jaxmath.generate(model, prompts, max_new_tokens=new_tokens)
         return jax.block_until_ready(out.sequences)
 
     warm, times, out = timed(call, repeats)
-    return {"warmup_s": warm, "times_s": times, "tokens": np.asarray(out)[:, PROMPT_LEN:]}
+    return {"warmup_s": warm, "times_s": times, "tokens": np.asarray(out)[:, prompts.shape[1]:]}
 
 
 def bench_transformers(model_dir: Path, prompts: np.ndarray, repeats: int, threads: int) -> dict:
@@ -104,14 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import jax
 
+    import jaxmath
+
     model_dir = Path(args.model) if args.model else build_small(Path(args.cache_dir))
+    model = jaxmath.from_pretrained(model_dir, dtype=args.dtype)
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), prompt {PROMPT_LEN}, "
           f"{NEW_TOKENS} new tokens, greedy, repeats {args.repeats}", flush=True)
     rows = []
     for batch in args.batches:
         prompts = np.random.default_rng(1234).integers(0, vocab, (batch, PROMPT_LEN), dtype=np.int64)
-        ours = bench_jaxmath(model_dir, prompts.astype(np.int32), args.repeats, args.dtype)
+        ours = bench_jaxmath(model, prompts.astype(np.int32), args.repeats)
         row = {"batch": batch, "jaxmath_tok_s": batch * NEW_TOKENS / statistics.median(ours["times_s"]),
                "jaxmath_warmup_s": ours["warmup_s"]}
         if not args.skip_transformers:

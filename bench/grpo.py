@@ -81,26 +81,27 @@ def parse_variant(text: str) -> tuple[float, int]:
 # ---------------------------------------------------------------- inputs
 
 
-def prepare_inputs(data_dir: Path, tmp: Path, fmt_name: str, prompt_len: int, count: int = 256) -> tuple[Path, Path]:
-    """A BPE trained on GSM8K train (saved as a tokenizer directory) and the first `count` problems whose
-    prompt fits `prompt_len` tokens (a record-schema JSONL), so the pipeline skips nothing."""
+def prepare_inputs(records: list[Any], tmp: Path, fmt_name: str, prompt_len: int, count: int = 256,
+                   vocab_size: int = TOKENIZER_VOCAB) -> tuple[Path, Path]:
+    """A BPE trained on `records` rendered in the format, as the trainer fits one (`data.tokenizer: train`; saved
+    as a tokenizer directory), and the first `count` problems whose prompt fits `prompt_len` tokens (a
+    record-schema JSONL), so the pipeline skips nothing."""
     from jaxmath.data.encode import encode_prompt
     from jaxmath.data.formats import get_format
     from jaxmath.data.readers import write_records
-    from jaxmath.data.sources import load_source
     from jaxmath.data.tokenizer import train_tokenizer
+    from jaxmath.train.tasks import Task
 
     start = time.perf_counter()
-    records = load_source("gsm8k", split="train", data_dir=data_dir)
-    tokenizer = train_tokenizer((f"{r.question}\n{r.solution}" for r in records), vocab_size=TOKENIZER_VOCAB)
-    tokenizer.save_pretrained(tmp / "tokenizer")
     fmt = get_format(fmt_name)
+    tokenizer = train_tokenizer(Task().tokenizer_texts(records, fmt), vocab_size=vocab_size)
+    tokenizer.save_pretrained(tmp / "tokenizer")
     fitting = (r for r in records if len(encode_prompt(r.question, tokenizer, fmt)) <= prompt_len)
     written = write_records(itertools.islice(fitting, count), tmp / "prompts.jsonl")
     if not written:
-        raise SystemExit(f"no GSM8K prompt in format {fmt_name} fits {prompt_len} tokens")
-    print(f"GSM8K train: {len(records)} problems, BPE of {len(tokenizer)} tokens, {written} prompts <= "
-          f"{prompt_len} tokens ({time.perf_counter() - start:.1f} s)", flush=True)
+        raise SystemExit(f"no prompt in format {fmt_name} fits {prompt_len} tokens")
+    print(f"{len(records)} problems, BPE of {len(tokenizer)} tokens, {written} prompts <= {prompt_len} tokens "
+          f"({time.perf_counter() - start:.1f} s)", flush=True)
     return tmp / "tokenizer", tmp / "prompts.jsonl"
 
 
@@ -123,17 +124,20 @@ def small_config(model_dir: Path, tokenizer: Path, prompts: Path, out: Path, w: 
 
 
 def reference_config(path: Path, tokenizer: Path, prompts: Path, out: Path, beta: float, minibatches: int,
-                     steps: int) -> dict[str, Any]:
-    """The reference GRPO config with random Qwen2.5-0.5B-shaped weights and the bench's prompts/tokenizer."""
+                     steps: int, init: dict[str, Any] | None = None,
+                     grpo: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The reference GRPO config with random weights of the `init` shape (default Qwen2.5-0.5B), the bench's
+    prompts/tokenizer, and `grpo` settings replaced (bench/gpu.py --smoke shrinks them)."""
     import yaml
 
     from memory import HF_CONFIGS  # bench/memory.py: the published config.json values
 
     raw = yaml.safe_load(path.read_text())
     raw["model"].pop("path", None)
-    raw["model"]["init"] = HF_CONFIGS["Qwen/Qwen2.5-0.5B-Instruct"]
+    raw["model"]["init"] = init or HF_CONFIGS["Qwen/Qwen2.5-0.5B-Instruct"]
     raw["output_dir"] = str(out)
     raw["data"] = {"train": [str(prompts)], "tokenizer": str(tokenizer), "format": raw["data"]["format"]}
+    raw["grpo"].update(grpo or {})
     raw["grpo"]["loss"]["beta"] = beta
     raw["grpo"]["minibatches"] = minibatches
     raw["train"] = {"steps": steps, "export_hf": False}
@@ -193,7 +197,8 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
     steady = rows[warmup:]
     summary = {key: statistics.median(r[key] for r in steady) for key in steady[0]}
     return {"warmup_s": rows[0]["total_s"], **summary, "iterations_s": [r["total_s"] for r in steady],
-            "params": run.model_config.num_params(), "devices": jax.device_count()}
+            "params": run.model_config.num_params(), "devices": jax.device_count(),
+            "attention_impl": run.model_config.attention_impl, "remat": run.model_config.remat}
 
 
 # ---------------------------------------------------------------- tunix
@@ -284,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
             workload = (f"{w.name}: {w.prompts} prompts x {w.group_size} completions x {w.new_tokens} tokens, "
                         f"prompts padded to {w.prompt_len}, temperature {w.temperature}, micro-batches of "
                         f"{w.micro_rows} rows, peers' small Qwen2, float32")
-        tokenizer, prompts = prepare_inputs(args.data_dir, tmp, fmt, prompt_len)
+        from jaxmath.data.sources import load_source
+
+        records = load_source("gsm8k", split="train", data_dir=args.data_dir)
+        print(f"GSM8K train from {args.data_dir}", flush=True)
+        tokenizer, prompts = prepare_inputs(records, tmp, fmt, prompt_len)
         steps = args.warmup + args.iters
         for beta, minibatches in variants:
             out = tmp / f"run_{beta}_{minibatches}"

@@ -12,20 +12,16 @@ best of several jitted 2048^3 matmuls.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
 
-os.environ.pop("XLA_FLAGS", None)  # one CPU device, as in the peers' runs (before jax is imported)
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 SMALL_QWEN2 = dict(vocab_size=32000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
                    num_key_value_heads=2, intermediate_size=1408, tie_word_embeddings=False,
@@ -35,9 +31,16 @@ ADAMW = dict(lr=1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
 THREADS = 2
 
 
-def train_batch(vocab_size: int) -> np.ndarray:
+def train_batch(vocab_size: int, batch: int = BATCH, seq: int = SEQ) -> np.ndarray:
     """The peers' training batch (workload.py: numpy seed 5678)."""
-    return np.random.default_rng(5678).integers(0, vocab_size, (BATCH, SEQ), dtype=np.int64)
+    return np.random.default_rng(5678).integers(0, vocab_size, (batch, seq), dtype=np.int64)
+
+
+def full_rows_batch(ids: np.ndarray) -> dict[str, np.ndarray]:
+    """jaxmath's SFT batch for `ids`: every row one sequence, a loss on every next token (HF's labels=ids)."""
+    ones = np.ones(ids.shape, np.int32)
+    return {"input_ids": ids.astype(np.int32), "loss_mask": ones, "segment_ids": ones,
+            "positions": np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), ids.shape).copy()}
 
 
 def make_checkpoint(path: Path) -> int:
@@ -57,11 +60,16 @@ def make_checkpoint(path: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def timed(step: Callable[[], float], warmup: int, steps: int) -> tuple[float, list[float], list[float]]:
-    """(first call's seconds, timed steps' seconds, losses of all calls); `step` must block until done."""
+def timed(step: Callable[[], float], warmup: int, steps: int,
+          deadline: float | None = None) -> tuple[float, list[float], list[float]]:
+    """(first call's seconds, timed steps' seconds, losses of all calls); `step` must block until done.
+    Past `deadline` (a time.time() value) no further step starts, so fewer steps may be timed."""
     times, losses = [], []
     first = 0.0
     for i in range(warmup + steps):
+        if deadline is not None and i and time.time() > deadline:
+            print(f"  deadline reached: {warmup + steps - i} of {warmup + steps} steps not run", flush=True)
+            break
         start = time.perf_counter()
         losses.append(step())
         elapsed = time.perf_counter() - start
@@ -104,9 +112,7 @@ def jaxmath_step(model_dir: Path, ids: np.ndarray) -> Callable[[], float]:
     mesh = make_mesh((1, 1, 1))
     model = from_pretrained(model_dir, dtype="float32", mesh=mesh)
     optimizer, _ = make_optimizer(OptimizerConfig(**ADAMW, schedule="constant", clip_norm=None), 1000)
-    ones = np.ones((BATCH, SEQ), np.int32)
-    batch = {"input_ids": ids.astype(np.int32), "loss_mask": ones, "segment_ids": ones,
-             "positions": np.tile(np.arange(SEQ, dtype=np.int32), (BATCH, 1))}
+    batch = full_rows_batch(ids)
     state, step_fn = setup_training(model, sft_loss, optimizer, mesh, batch)
     del model  # its arrays were copied into the state
     batch = jax.device_put(batch)
@@ -118,23 +124,33 @@ def jaxmath_step(model_dir: Path, ids: np.ndarray) -> Callable[[], float]:
     return step
 
 
-def torch_step(model_dir: Path, ids: np.ndarray) -> Callable[[], float]:
-    """A closure running one HF transformers + torch step: loss(labels=ids), backward, AdamW."""
+def torch_step(model_dir: Path, ids: np.ndarray, adamw: dict[str, float] = ADAMW, device: str = "cpu",
+               autocast: str | None = None, fused: bool = False, clip_norm: float | None = None,
+               attention: str = "sdpa") -> Callable[[], float]:
+    """A closure running one HF transformers + torch step on `device`: loss(labels=ids) (under autocast to
+    `autocast`, e.g. "bfloat16", with float32 master weights), backward, optional gradient clipping, AdamW."""
+    import contextlib
+
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(THREADS)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=ADAMW["lr"], betas=(ADAMW["b1"], ADAMW["b2"]),
-                                  eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"])
-    batch = torch.from_numpy(ids)
+    if device == "cpu":
+        torch.set_num_threads(THREADS)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention)
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=adamw["lr"], betas=(adamw["b1"], adamw["b2"]),
+                                  eps=adamw["eps"], weight_decay=adamw["weight_decay"], fused=fused)
+    batch = torch.from_numpy(ids).to(device)
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+        with (torch.autocast(device, dtype=getattr(torch, autocast)) if autocast else contextlib.nullcontext()):
+            loss = model(input_ids=batch, labels=batch, use_cache=False).loss
         loss.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         optimizer.step()
-        return float(loss.detach())
+        return float(loss.detach())  # waits for the step to finish
     return step
 
 
@@ -152,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be >= 1")
-
+    os.environ.pop("XLA_FLAGS", None)  # one CPU device, as in the peers' runs (before jax is imported)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
     from jaxmath.models.config import ModelConfig
