@@ -222,6 +222,15 @@ def part_torch_probe(plan: Plan, work: Path, deadline: float, result: Result) ->
                   device_name=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
 
+def attention_used(mc: Any, length: int, cached: bool = False) -> str:
+    """What the model config's attention_impl runs as here for a pass of `length` queries ("auto -> cudnn")."""
+    from jaxmath.models.attention import Hardware, resolve
+
+    used = resolve(mc.attention_impl, dtype=mc.compute_dtype, head_dim=mc.head_dim, hw=Hardware.detect(),
+                   q_len=length, kv_len=length if not cached else length + 1, cached=cached, training=not cached)
+    return used if used == mc.attention_impl else f"{mc.attention_impl} -> {used}"
+
+
 def part_sft_jaxmath(plan: Plan, work: Path, deadline: float, result: Result, export: bool) -> None:
     """The trainer's own step (build_run, load_params, init_train_state) for the shipped config at the plan's
     batch; with `export`, the initial weights are first written as a HF checkpoint for the torch part."""
@@ -242,7 +251,7 @@ def part_sft_jaxmath(plan: Plan, work: Path, deadline: float, result: Result, ex
     peak = peak_flops(jax.devices()[0], mc.dtype)
     result.update(**device_info(), config=SFT_CONFIG.name, batch=batch_rows, seq_len=seq, params=mc.num_params(),
                   vocab_size=mc.vocab_size, dtype=mc.dtype, param_dtype=mc.param_dtype, remat=mc.remat,
-                  attention_impl=mc.attention_impl, optimizer=dataclasses.asdict(config.optimizer),
+                  attention_impl=attention_used(mc, seq), optimizer=dataclasses.asdict(config.optimizer),
                   flops_per_token=train_flops_per_token(mc, seq), peak_flops=peak)
     params = load_params(config, mc, run.mesh, run.shardings.params)
     if export:
@@ -320,7 +329,8 @@ def part_decode(plan: Plan, work: Path, deadline: float, result: Result) -> None
     mc = model_config_from_hf(plan.sft_model, **{**config.model.options(), "param_dtype": config.model.dtype})
     info = device_info()
     bandwidth = hbm_bandwidth(info["device_kind"])
-    result.update(**info, dtype=mc.dtype, param_dtype=mc.param_dtype, attention_impl=mc.attention_impl,
+    attention = f"prefill {attention_used(mc, 128, cached=True)}, decode {attention_used(mc, 1, cached=True)}"
+    result.update(**info, dtype=mc.dtype, param_dtype=mc.param_dtype, attention_impl=attention,
                   remat=mc.remat, bandwidth=bandwidth, rows=[])
     model = build_model(mc, seed=0)
     weight_bytes, kv_token = decode_weight_bytes(mc), kv_bytes_per_token(mc, mc.compute_dtype)

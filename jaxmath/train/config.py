@@ -39,9 +39,12 @@ class ModelSection:
     lora: LoraSection | None = None
 
     def options(self) -> dict[str, Any]:
-        """ModelConfig fields set by this section (runtime choices and LoRA)."""
-        options: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
+        """ModelConfig fields set by this section (runtime choices and LoRA). remat: auto is left out: the trainer
+        measures it (jaxmath.train.remat) before building the model it trains; other uses do not differentiate."""
+        options: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype,
                                        attention_impl=self.attention_impl)
+        if self.remat != "auto":
+            options["remat"] = self.remat
         if self.lora is not None:
             options.update(lora_rank=self.lora.rank, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
                            lora_targets=tuple(self.lora.targets))

@@ -31,6 +31,7 @@ from jaxmath.config import dump_yaml
 from jaxmath.data.formats import get_format
 from jaxmath.data.pipelines import Pipeline, PipelineOptions
 from jaxmath.data.tokenizer import ensure_pad_token, load_tokenizer, train_tokenizer
+from jaxmath.models.attention import describe as describe_attention
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.transformer import build_model
 from jaxmath.objectives import metric_means
@@ -210,6 +211,7 @@ def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_da
     tokenizer = prepare_tokenizer(config, train_records, out) if needs_tokenizer else None
     hf_config = _hf_config_dict(config, tokenizer)
     mconfig = model_config(config, hf_config)
+    log.info(describe_attention(mconfig.attention_impl, dtype=mconfig.compute_dtype, head_dim=mconfig.head_dim))
     if tokenizer is not None and len(tokenizer) > mconfig.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {mconfig.vocab_size}")
     abstract = nnx.eval_shape(lambda: build_model(mconfig))
