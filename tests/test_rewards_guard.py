@@ -78,6 +78,15 @@ def test_configuration_errors_still_stop_the_run():
     assert not failures.counts
 
 
+@pytest.mark.slow  # imports the PRM stack (jax, transformers)
+def test_a_prm_that_cannot_load_stops_the_run():
+    failures = R.RewardFailures()
+    with pytest.raises(R.RewardConfigError, match="cannot use the PRM '/nonexistent/prm'"):
+        R.combine_rewards(["a"], [{}], {"prm_steps": 1.0}, params={"prm_steps": {"model": "/nonexistent/prm"}},
+                          failures=failures)
+    assert not failures.counts
+
+
 @pytest.mark.slow
 def test_grpo_logs_reward_errors_and_keeps_training(tmp_path, monkeypatch, caplog):
     """A reward raising on completions of odd length: the run finishes, metrics.jsonl counts exactly the rows

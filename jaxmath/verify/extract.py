@@ -6,7 +6,7 @@ lenient "last number in the text" fallback exists only as an explicit option for
 from __future__ import annotations
 
 import re
-from typing import Callable, Pattern
+from typing import Callable
 
 STYLES = ("auto", "boxed", "gsm8k", "think_answer", "steps", "answer_is", "choice")
 
@@ -27,7 +27,7 @@ _LETTER_ANYWHERE = re.compile(r"\(([A-E])\)|\b([A-E])\b")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
-def tag_blocks(text: str, tags: Pattern[str]) -> list[str]:
+def tag_blocks(text: str, tags: re.Pattern[str]) -> list[str]:
     """The text between each opening tag and the next closing tag, `tags` matching both (group `close` set
     for a closing one). Linear time: a lazy `<open>(.*?)<close>` regex rescans the rest of the text from
     every unclosed opening, which makes 100 kB of unclosed tags take seconds."""

@@ -4,6 +4,10 @@ Each reward is logged on its own; `combine_rewards` weights and sums them from a
 are in tokens when the caller passes `num_tokens` (one count per completion), otherwise approximated by
 whitespace-separated words. Answer checks go through `jaxmath.verify` (strict extraction, no fallback to
 "any number in the text"); programs run only inside the sandbox.
+
+Every reward is total: any completion text gives a finite score (texts are parsed in linear time, and
+arithmetic and answers are size-bounded). Should one still raise, `combine_rewards(..., failures=...)`
+scores the rows it fails on 0 for it and counts them (`RewardFailures`), as the GRPO loop does.
 """
 from __future__ import annotations
 
@@ -382,10 +386,14 @@ def prm_steps(completions: Sequence[str], examples: Sequence[Mapping], *, model:
         raise RewardConfigError("reward prm_steps needs its PRM directory: reward_params: {prm_steps: {model: PATH}}")
     from jaxmath.prm.reward import loaded_step_bonus
 
+    try:
+        bonus = loaded_step_bonus(model, how, format)
+    except Exception as err:  # a missing or wrong model directory, an unknown aggregation: no row can score
+        raise RewardConfigError(f"reward prm_steps cannot use the PRM {model!r}: {err}") from err
     scores = np.zeros(len(completions), dtype=np.float32)
     fits = [i for i, text in enumerate(completions) if len(text) <= max_chars]
     if fits:
-        scores[fits] = loaded_step_bonus(model, how, format)([completions[i] for i in fits], [examples[i] for i in fits])
+        scores[fits] = bonus([completions[i] for i in fits], [examples[i] for i in fits])
     return scores
 
 
@@ -433,7 +441,6 @@ def guarded_scores(name: str, completions: Sequence[str], examples: Sequence[Map
     row is scored alone; a row that raises or scores non-finite scores 0 and is recorded in `failures`.
     A RewardConfigError (wrong name or parameters) still raises: no row can be scored."""
     params = dict(params or {})
-    get_reward(name, **params)  # configuration errors raise here, before any row is tried
     try:
         scores = _call(name, completions, examples, params, num_tokens)
     except RewardConfigError:
