@@ -4,6 +4,10 @@ Three checks (issue 3): MATH-500 boxed solution answers vs their references (all
 negative control pairing each MATH-500 reference with the next problem's (a fixed derangement: only
 truly equal pairs should match); GSM8K labelled model solutions, whose verdicts should agree with
 `is_correct`. Prints agreement, false positives, false negatives and pairs per second per verifier.
+Then round trips (issue 13): every reference answer of MATH-500 and minerva_math (the last \boxed{} of
+its solution) against itself reformatted (`jaxmath.verify.reformat`: thousands separators added or
+removed, \dfrac <-> \frac, a \text{} unit appended, spacing, scientific notation, currency, degree and
+percent signs), both ways; prints how many fail per rewrite and lists a few.
 
     python bench/verify.py --data-dir ../shared/data
 """
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 from jaxmath.verify import Verifier, extract_answer
+from jaxmath.verify.reformat import variants
 
 
 @dataclasses.dataclass
@@ -71,6 +76,41 @@ def gsm8k_check(data_dir: Path) -> Check:
             inputs.append((row[key]["solution"], gold))
             labels.append(bool(row[key]["is_correct"]))
     return Check("GSM8K labelled solutions", inputs, "grade", inputs, labels)
+
+
+def reference_answers(data_dir: Path) -> list[tuple[str, str]]:
+    """(source, reference answer) for MATH-500 (`answer`) and minerva_math (its solution's last \\boxed{})."""
+    refs = [("MATH-500", r["answer"]) for r in _read_jsonl(data_dir / "math500" / "test.jsonl")]
+    for k, row in enumerate(_read_jsonl(data_dir / "minerva_math" / "test.jsonl")):
+        answer = extract_answer(row["solution"], "boxed")
+        if answer is None:
+            sys.exit(f"minerva_math row {k}: no \\boxed{{}} answer in solution")
+        refs.append(("minerva_math", answer))
+    return refs
+
+
+def round_trips(verifier: Verifier, refs: list[tuple[str, str]], with_math_verify: bool) -> list[str]:
+    """Each reference against each of its rewritings, both ways: failure counts per source and rewrite."""
+    cases = [(source, name, ref, variant) for source, ref in refs for name, variant in variants(ref).items()]
+    forward = verifier.compare_batch([c[3] for c in cases], [c[2] for c in cases])
+    backward = verifier.compare_batch([c[2] for c in cases], [c[3] for c in cases])
+    jax_fails = [not (f.correct and b.correct) for f, b in zip(forward, backward)]
+    mv_fails = [with_math_verify and not (_math_verify_same(variant, ref) and _math_verify_same(ref, variant))
+                for _, _, ref, variant in cases]
+    lines = ["| source | rewrite | variants | jaxmath fails | math-verify fails |", "|---|---|---|---|---|"]
+    for group in sorted({c[:2] for c in cases}):
+        ks = [k for k, c in enumerate(cases) if c[:2] == group]
+        mv = str(sum(mv_fails[k] for k in ks)) if with_math_verify else "-"
+        lines.append(f"| {group[0]} | `{group[1]}` | {len(ks)} | {sum(jax_fails[k] for k in ks)} | {mv} |")
+    failed = [c for c, bad in zip(cases, jax_fails) if bad]
+    lines.append(f"\njaxmath round-trip failures: {len(failed)} of {len(cases)} variants of {len(refs)} references"
+                 + (f"; math-verify: {sum(mv_fails)}" if with_math_verify else ""))
+    lines += [f"  {source} {name}: `{ref}` vs `{variant}`" for source, name, ref, variant in failed[:10]]
+    return lines
+
+
+def _math_verify_same(pred: str, gold: str) -> bool:
+    return _math_verify_pair_safe(f"${pred}$", f"${gold}$") == "True"
 
 
 # Known weak spots of math-verify 0.9 (issue 3): (completion, gold, expected verdict).
@@ -148,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path,
                         default=Path(os.environ.get("JAXMATH_DATA_DIR", "../shared/data")),
-                        help="folder with math500/ and gsm8k/ (default: $JAXMATH_DATA_DIR or ../shared/data)")
+                        help="folder with math500/, gsm8k/ and minerva_math/ "
+                             "(default: $JAXMATH_DATA_DIR or ../shared/data)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="jaxmath verifier processes")
     parser.add_argument("--timeout", type=float, default=5.0, help="jaxmath per-item timeout (seconds)")
     parser.add_argument("--no-math-verify", action="store_true", help="run jaxmath only")
@@ -156,12 +197,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     checks = [*math500_checks(args.data_dir), gsm8k_check(args.data_dir)]
+    refs = reference_answers(args.data_dir)
     rows = []
     with Verifier(workers=args.workers, timeout=args.timeout) as verifier:
         for check in checks:
             print(f"jaxmath ({args.workers} workers): {check.name} ({len(check.labels)} pairs)", file=sys.stderr)
             rows.append(score("jaxmath", check, *run_jaxmath(check, verifier)))
         weak_spots = weak_spot_table(verifier, not args.no_math_verify)
+        print("round trips: references against themselves reformatted", file=sys.stderr)
+        trips = round_trips(verifier, refs, not args.no_math_verify)
     if not args.no_math_verify:
         for check in checks:
             print(f"math-verify (1 process): {check.name}", file=sys.stderr)
@@ -172,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {r['check']} | {r['verifier']} | {r['agree']}/{r['total']} | {r['false_pos']} | "
               f"{r['false_neg']} | {r['pairs_per_s']:.0f} |")
     print("\nmath-verify weak spots\n" + "\n".join(weak_spots))
+    print("\nround trips: each reference equals itself reformatted (both ways)\n" + "\n".join(trips))
     if args.show_errors:
         by_name = {c.name: c for c in checks}
         for r in rows:

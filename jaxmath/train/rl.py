@@ -41,7 +41,7 @@ from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, re
 from jaxmath.train.state import init_train_state
 from jaxmath.train.trainer import (Run, TrainingError, abstract_state, build_run, evaluate_accuracy, export_final,
                                    load_params, to_global)
-from jaxmath.verify.rewards import combine_rewards
+from jaxmath.verify.rewards import RewardFailures, combine_rewards
 from jaxmath.verify.sandbox import require_layers, shared_layers
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class RLRun:
     logprob_fn: Callable[[Any, dict[str, jax.Array]], jax.Array]
     copy_params: Callable[[Any], Any]  # params -> a reference copy in the compute dtype
     eos_ids: list[int]
+    reward_failures: RewardFailures = dataclasses.field(default_factory=RewardFailures)  # rows a reward failed on
 
     @property
     def grpo(self) -> GRPOSection:
@@ -146,7 +147,7 @@ def score(rl: RLRun, rollout: dict[str, Any], records: list[Any]) -> dict[str, A
     g = rl.grpo
     examples = [{"question": r.question, "answer": r.answer} for r in records]
     total, per_function = combine_rewards(rollout["texts"], examples, g.rewards, params=g.reward_params,
-                                          num_tokens=rollout["lengths"])
+                                          num_tokens=rollout["lengths"], failures=rl.reward_failures)
     rewards, weight = overlong_rewards(total, rollout["lengths"], rollout["truncated"], g.max_new_tokens,
                                        g.overlong, g.overlong_buffer, g.overlong_penalty)
     return {"rewards": rewards, "per_function": per_function, "loss_weight": weight}
@@ -184,7 +185,7 @@ def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[
     chosen = jax.tree.map(lambda x: x[rows], merged)
     stats = {**timings, "sampling_rounds": float(len(parts)),
              "zero_variance_groups": zero_variance / max(sampled_groups, 1),
-             "generated_tokens": float(merged["lengths"].sum())}
+             "generated_tokens": float(merged["lengths"].sum()), **rl.reward_failures.take(list(g.rewards))}
     return chosen, stats
 
 

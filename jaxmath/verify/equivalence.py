@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 
 import sympy
 
@@ -238,14 +239,29 @@ def parse_gold(gold: str) -> Answer:
     return parse_answer(gold)
 
 
+_SPACES = re.compile(r"(\\[a-zA-Z]+|\d)?\s+")
+
+
+def _spelling(answer: str) -> str:
+    """The normalised answer without the spaces TeX ignores: all but those ending a command before a
+    letter (`\\pi x`) and those between two digits (`1 2` is no `12`)."""
+    s = normalize(answer)
+
+    def keep(m: re.Match) -> str:
+        head, following = m.group(1) or "", s[m.end():m.end() + 1]
+        needed = (head.startswith("\\") and following.isalpha()) or (head.isdigit() and following.isdigit())
+        return head + (" " if needed else "")
+    return _SPACES.sub(keep, s)
+
+
 def _same_text(pred: str, gold: str) -> bool:
-    """Whether both answers are within size limits and normalise to the same string (no parse needed)."""
+    """Whether both answers are within size limits and are spelled the same (no parse needed)."""
     try:
         check_text(pred)
         check_text(gold)
     except TooLarge:
         return False
-    return normalize(pred) == normalize(gold)
+    return _spelling(pred) == _spelling(gold)
 
 
 def judge(pred: str | None, gold: str) -> Verdict:

@@ -13,18 +13,33 @@ STYLES = ("auto", "boxed", "gsm8k", "think_answer", "steps", "answer_is", "choic
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*(\{)|\\boxed\s+([^\s$\\{}]+)")
 _THINK_END = re.compile(r"<\s*/\s*think\s*>", re.IGNORECASE)
 _THINK_START = re.compile(r"<\s*think\s*>", re.IGNORECASE)
-_ANSWER_TAG = re.compile(r"<\s*answer\s*>(.*?)<\s*/\s*answer\s*>", re.IGNORECASE | re.DOTALL)
+_ANSWER_TAGS = re.compile(r"<\s*answer\s*>|(?P<close><\s*/\s*answer\s*>)", re.IGNORECASE)
 _HASHES = re.compile(r"####\s*([^\n]*)")
 _STEPS_END = re.compile(r"</\s*STEP\s*>|</\s*end_steps\s*>", re.IGNORECASE)
 # "The answer is X", "The final answer is X", "Final Answer: X", "Answer: X", a line "A: X".
 _ANSWER_IS = re.compile(
     r"(?:the\s+(?:final\s+)?answer\s+is\s*:?|final\s+answer\s*:(?!\s*the\s+final\s+answer)"
-    r"|(?:^|\n)\s*(?:answer|A)\s*:)[ \t]*([^\n]*)",
+    r"|(?:^|\n)[ \t]*(?:answer|A)\s*:)[ \t]*([^\n]*)",  # [ \t]: a \s* here rescans every run of newlines
     re.IGNORECASE)
-_SENTENCE_END = re.compile(r"\.(?:\s+[A-Z]|\s*$)|\s+I hope it is correct")
+_SENTENCE_END = re.compile(r"\.(?:\s+[A-Z]|\s*$)|(?<!\s)\s+I hope it is correct")
 _LETTER = re.compile(r"^\s*[\(\[]?\s*(?:\\text\{\s*)?\(?([A-Ea-e])\)?\s*\}?\s*[\)\]]?\s*(?:[.:)]|$)")
 _LETTER_ANYWHERE = re.compile(r"\(([A-E])\)|\b([A-E])\b")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def tag_blocks(text: str, tags: re.Pattern[str]) -> list[str]:
+    """The text between each opening tag and the next closing tag, `tags` matching both (group `close` set
+    for a closing one). Linear time: a lazy `<open>(.*?)<close>` regex rescans the rest of the text from
+    every unclosed opening, which makes 100 kB of unclosed tags take seconds."""
+    blocks, start = [], None
+    for tag in tags.finditer(text):
+        if tag.group("close") is not None:
+            if start is not None:
+                blocks.append(text[start:tag.start()])
+                start = None
+        elif start is None:
+            start = tag.end()
+    return blocks
 
 
 def _match_brace(text: str, open_pos: int) -> int | None:
@@ -89,7 +104,7 @@ def _tagged(text: str) -> list[str]:
     if body is None:
         return []
     answers = []
-    for content in _ANSWER_TAG.findall(body):
+    for content in tag_blocks(body, _ANSWER_TAGS):
         boxed = _all_boxed(content)
         answers.append(boxed[-1] if boxed else content.strip().strip("$").strip())
     return answers

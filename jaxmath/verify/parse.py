@@ -15,7 +15,7 @@ from typing import Any
 import sympy
 from latex2sympy2_extended.latex2sympy2 import latex2sympy
 
-from jaxmath.verify.limits import check_magnitude, check_text
+from jaxmath.verify.limits import MAX_DIGITS, TooLarge, check_magnitude, check_text
 from jaxmath.verify.normalize import normalize
 
 
@@ -60,12 +60,16 @@ _LETTER = re.compile(r"^\(?([A-E])\)?$")
 _BASED = re.compile(r"^([0-9A-Z]+)_\{?(\d{1,2})\}?$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _DECIMAL = re.compile(r"^[+-]?\d*\.(\d+)$")
+# `1.5\times 10^{3}` (what `1.5e3` normalises to): read exactly, as the value the digits write.
+_SCIENTIFIC = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\\(?:times|cdot)\s*10\s*"
+                         r"\^\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))$")
 _FRACTION = re.compile(r"^([+-]?)(?:(\d+)\s*/\s*(\d+)|\\frac\{(\d+)\}\{(\d+)\})$")
 _TEXT = re.compile(r"^[A-Za-z][A-Za-z .,'-]*$")
 _WORD = re.compile(r"[A-Za-z]{3,}")
 _RELATION = re.compile(r"\\le\b|\\ge\b|\\ne\b|<|>")
 _RELATION_SPLIT = re.compile(r"(\\le\b|\\ge\b|<|>)")
 _VARIABLE = re.compile(r"^[a-zA-Z]$")
+_MEMBERSHIP = re.compile(r"^[a-zA-Z]\s*\\in(?![a-zA-Z])\s*")  # `x \in [-2, 7]` answers with the set
 _INFINITY = re.compile(r"\\infty|\\infin\b|\boo\b")
 _OPEN = {"(": ")", "[": "]", "\\{": "\\}"}
 _IMAGINARY = sympy.Symbol("i")
@@ -266,6 +270,11 @@ def _parse_plain(s: str) -> Answer | None:
         return Answer(Kind.INTEGER, sympy.Integer(s), s)
     if m := _DECIMAL.match(s):
         return Answer(Kind.DECIMAL, sympy.Rational(s), s, places=len(m.group(1)))
+    if m := _SCIENTIFIC.match(s):
+        exponent = int(m.group(2) or m.group(3))
+        if abs(exponent) > MAX_DIGITS:
+            raise TooLarge(f"answer {s[:40]!r} has an exponent over {MAX_DIGITS}")
+        return _number_kind(sympy.Rational(m.group(1)) * sympy.Integer(10) ** exponent, s)
     if m := _FRACTION.match(s):
         sign, num, den = m.group(1), m.group(2) or m.group(4), m.group(3) or m.group(5)
         if int(den) == 0:
@@ -279,6 +288,8 @@ def _parse_plain(s: str) -> Answer | None:
 def _parse(s: str) -> Answer:
     if not s:
         raise Unparsable("empty answer")
+    if (member := _MEMBERSHIP.match(s)) and member.end() < len(s):
+        return _parse(s[member.end():])
     plain = _parse_plain(s)
     if plain is not None:
         return plain

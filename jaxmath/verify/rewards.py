@@ -4,6 +4,10 @@ Each reward is logged on its own; `combine_rewards` weights and sums them from a
 are in tokens when the caller passes `num_tokens` (one count per completion), otherwise approximated by
 whitespace-separated words. Answer checks go through `jaxmath.verify` (strict extraction, no fallback to
 "any number in the text"); programs run only inside the sandbox.
+
+Every reward is total: any completion text gives a finite score (texts are parsed in linear time, and
+arithmetic and answers are size-bounded). Should one still raise, `combine_rewards(..., failures=...)`
+scores the rows it fails on 0 for it and counts them (`RewardFailures`), as the GRPO loop does.
 """
 from __future__ import annotations
 
@@ -11,21 +15,31 @@ import ast
 import atexit
 import functools
 import inspect
+import logging
 import math
 import operator
 import re
+import traceback
+from collections import Counter
 from fractions import Fraction
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from jaxmath.verify.extract import extract_all_answers
+from jaxmath.verify.extract import extract_all_answers, tag_blocks
+from jaxmath.verify.limits import MAX_ANSWER_CHARS
 from jaxmath.verify.normalize import normalize
 from jaxmath.verify.pool import Verifier
 from jaxmath.verify.sandbox import ProgramResult, shared_sandbox
 
 RewardFn = Callable[..., np.ndarray]
 REWARDS: dict[str, RewardFn] = {}
+log = logging.getLogger(__name__)
+
+
+class RewardConfigError(ValueError):
+    """A reward's configuration is wrong (unknown name or parameter, missing model): the run must stop,
+    unlike an error on one completion, which a guarded call scores 0."""
 
 
 def register(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -41,12 +55,12 @@ def register(name: str) -> Callable[[RewardFn], RewardFn]:
 def get_reward(name: str, **params: Any) -> RewardFn:
     """The registered reward `name` with its keyword parameters bound; errors name what is unknown."""
     if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
+        raise RewardConfigError(f"unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
     fn = REWARDS[name]
     accepted = set(inspect.signature(fn).parameters) - {"completions", "examples", "num_tokens"}
     unknown = sorted(set(params) - accepted)
     if unknown:
-        raise ValueError(f"reward {name!r} has no parameter(s) {unknown}; it accepts {sorted(accepted)}")
+        raise RewardConfigError(f"reward {name!r} has no parameter(s) {unknown}; it accepts {sorted(accepted)}")
     return functools.partial(fn, **params) if params else fn
 
 
@@ -105,7 +119,7 @@ def length_bonus(completions: Sequence[str], examples: Sequence[Mapping], *, num
                  target_tokens: int = 512) -> np.ndarray:
     """Log-shaped bonus for reasoning length: ln(1 + n) / ln(1 + target_tokens), capped at 1."""
     if target_tokens < 1:
-        raise ValueError(f"length_bonus: target_tokens must be >= 1, got {target_tokens}")
+        raise RewardConfigError(f"length_bonus: target_tokens must be >= 1, got {target_tokens}")
     n = _lengths(completions, num_tokens)
     return _scores(np.minimum(1.0, np.log1p(n) / math.log1p(target_tokens)))
 
@@ -118,19 +132,31 @@ def brevity(completions: Sequence[str], examples: Sequence[Mapping], *, num_toke
 
 
 # --- step-wise arithmetic (`steps` format) ---------------------------------------------------------
-_STEP = re.compile(r"<STEP\s*\d+\s*>(.*?)</STEP>", re.DOTALL)
+_STEP_TAGS = re.compile(r"<STEP\s*\d+\s*>|(?P<close></STEP>)")
 _EQUATION = re.compile(r"@@@@(.*?)@@@@", re.DOTALL)
-_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+_OPERAND_TOKEN = re.compile(r"(\d+(?:\.\d+)?|\.\d+)|\S", re.ASCII)  # a number, or one other character
+_UNARY_CONTEXT = frozenset("+-*/%(")  # a minus after these (or first) is a sign, not a subtraction
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _TIMES_X = re.compile(r"(?<=[\d)])\s*[xX]\s*(?=[\d(.])")  # "10 x 7"
-_SYMBOLS = str.maketrans({"×": "*", "·": "*", "÷": "/", "−": "-", "$": None, "€": None, "£": None})
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_LATEX_OPS = re.compile(r"\\(times|cdot|div|left|right)(?![a-zA-Z])")
+_LATEX_OP_TEXT = {"times": "*", "cdot": "*", "div": "/", "left": "", "right": ""}
+_SYMBOLS = str.maketrans({"×": "*", "·": "*", "÷": "/", "−": "-", "$": None, "€": None, "£": None,
+                          "{": "(", "}": ")"})
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 MAX_EXPONENT = 64
 MAX_NUMBER_BITS = 333  # about 100 decimal digits
+MAX_EQUATION_CHARS = 1000  # longer `@@@@ ... @@@@` text is not arithmetic this reward checks
 
 
 def _normalise(expr: str) -> str:
+    """Python arithmetic from a step's text: LaTeX fractions and operators, x/×/÷ signs, 1,000 separators."""
+    if len(expr) > MAX_EQUATION_CHARS:
+        raise ValueError(f"arithmetic of {len(expr)} characters (limit {MAX_EQUATION_CHARS})")
+    expr = _LATEX_OPS.sub(lambda m: _LATEX_OP_TEXT[m.group(1)], expr)
+    while (unnested := _LATEX_FRAC.sub(r"((\1)/(\2))", expr)) != expr:  # innermost first; ends: each pass drops one
+        expr = unnested
     expr = _TIMES_X.sub("*", _THOUSANDS.sub("", expr.translate(_SYMBOLS)))
     return expr.replace("^", "**").strip()
 
@@ -139,6 +165,8 @@ def _evaluate(node: ast.AST) -> Fraction:
     if isinstance(node, ast.Expression):
         return _evaluate(node.body)
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        if not math.isfinite(node.value):
+            raise ValueError(f"number out of range: {node.value}")
         value = Fraction(repr(node.value))
     elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
         value = _evaluate(node.operand) * (-1 if isinstance(node.op, ast.USub) else 1)
@@ -155,11 +183,12 @@ def _evaluate(node: ast.AST) -> Fraction:
 
 
 def evaluate_arithmetic(expr: str) -> Fraction:
-    """Exact value of a plain arithmetic expression (+ - * / // % ^, x and ÷ signs, 1,000 separators)."""
+    """Exact value of a plain arithmetic expression (+ - * / // % ^, x and ÷ signs, \\frac, \\times,
+    1,000 separators); raises ValueError for anything else, too long or too large."""
     try:
         return _evaluate(ast.parse(_normalise(expr), mode="eval"))
-    except (SyntaxError, ZeroDivisionError, OverflowError, RecursionError) as exc:
-        raise ValueError(f"cannot evaluate {expr!r}: {exc}") from None
+    except (SyntaxError, ZeroDivisionError, OverflowError, RecursionError, MemoryError) as exc:
+        raise ValueError(f"cannot evaluate {expr[:80]!r}: {type(exc).__name__}") from None
 
 
 def _decimals(text: str) -> int | None:
@@ -186,7 +215,7 @@ def equation_holds(equation: str) -> bool:
 
 
 def _step_equations(text: str) -> list[list[str]]:
-    return [_EQUATION.findall(body) for body in _STEP.findall(text)]
+    return [_EQUATION.findall(body) for body in tag_blocks(text, _STEP_TAGS)]
 
 
 @register("step_arithmetic")
@@ -206,6 +235,26 @@ def _result_value(equation: str) -> Fraction | None:
         return None
 
 
+def _operands(expr: str) -> set[Fraction]:
+    """The numbers written in `expr`, negative only where the minus is a sign (`-7 + 10`; in `10-7` it is 7)."""
+    try:
+        tokens = list(_OPERAND_TOKEN.finditer(_normalise(expr)))
+    except ValueError:  # too long to be a step's arithmetic
+        return set()
+    values, sign, previous = set(), 1, None
+    for match in tokens:
+        token = match.group()
+        if match.group(1):
+            values.add(sign * Fraction(token))
+            sign = 1
+        elif token == "-" and (previous is None or previous in _UNARY_CONTEXT):
+            sign = -sign
+        else:
+            sign = 1
+        previous = token
+    return values
+
+
 @register("step_chaining")
 def step_chaining(completions: Sequence[str], examples: Sequence[Mapping]) -> np.ndarray:
     """Share of steps (after the first with an equation) whose equations use an earlier step's result.
@@ -222,7 +271,7 @@ def step_chaining(completions: Sequence[str], examples: Sequence[Mapping]) -> np
         earlier: set[Fraction] = set()
         used = []
         for i, equations in enumerate(steps):
-            operands = {Fraction(n) for eq in equations for n in _NUMBER.findall(_normalise(eq.split("=")[0]))}
+            operands = set().union(*(_operands(eq.split("=")[0]) for eq in equations))
             if i:
                 used.append(bool(operands & earlier))
             earlier |= {v for v in map(_result_value, equations) if v is not None}
@@ -234,7 +283,7 @@ def step_chaining(completions: Sequence[str], examples: Sequence[Mapping]) -> np
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 # A plain number after normalisation: integer, decimal, a/b or \frac{a}{b}, optionally signed. Checked
 # with a regex, never sympy, because this reward runs in the caller's process on untrusted text.
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+|\d+/\d+|\\frac\{\d+\}\{\d+\})")
+_PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+|\d+/\d+|\\frac\{\d+\}\{\d+\})")
 _verifier_instance: Verifier | None = None
 
 
@@ -286,11 +335,13 @@ def correctness(completions: Sequence[str], examples: Sequence[Mapping]) -> np.n
 
 @register("numeric")
 def numeric(completions: Sequence[str], examples: Sequence[Mapping]) -> np.ndarray:
-    """1 when the completion states exactly one final answer and it is a number (integer, fraction, decimal)."""
+    """1 when the completion states exactly one final answer and it is a number (integer, fraction, decimal);
+    an answer longer than the verifier's limit (`MAX_ANSWER_CHARS`) scores 0."""
     scores = []
     for text in completions:
         answers = {a.strip() for a in extract_all_answers(text)}
-        ok = len(answers) == 1 and _NUMBER.fullmatch(normalize(answers.pop()).replace(" ", "")) is not None
+        ok = (len(answers) == 1 and len(answer := answers.pop()) <= MAX_ANSWER_CHARS
+              and _PLAIN_NUMBER.fullmatch(normalize(answer).replace(" ", "")) is not None)
         scores.append(float(ok))
     return _scores(scores)
 
@@ -327,45 +378,122 @@ def program_execution(completions: Sequence[str], examples: Sequence[Mapping], *
 
 @register("prm_steps")
 def prm_steps(completions: Sequence[str], examples: Sequence[Mapping], *, model: str = "", how: str = "min",
-              format: str = "boxed") -> np.ndarray:
+              format: str = "boxed", max_chars: int = 64_000) -> np.ndarray:
     """Step-quality bonus: each completion's `how`-aggregated step score (P(good)) from the process reward
-    model in directory `model`, trained in prompt `format`; loaded once per process; 0 without steps."""
+    model in directory `model`, trained in prompt `format`; loaded once per process; 0 without steps.
+    A completion over `max_chars` characters scores 0 without a PRM pass (its attention would not fit)."""
     if not model:
-        raise ValueError("reward prm_steps needs its PRM directory: reward_params: {prm_steps: {model: PATH}}")
+        raise RewardConfigError("reward prm_steps needs its PRM directory: reward_params: {prm_steps: {model: PATH}}")
     from jaxmath.prm.reward import loaded_step_bonus
 
-    return loaded_step_bonus(model, how, format)(completions, examples)
+    try:
+        bonus = loaded_step_bonus(model, how, format)
+    except Exception as err:  # a missing or wrong model directory, an unknown aggregation: no row can score
+        raise RewardConfigError(f"reward prm_steps cannot use the PRM {model!r}: {err}") from err
+    scores = np.zeros(len(completions), dtype=np.float32)
+    fits = [i for i, text in enumerate(completions) if len(text) <= max_chars]
+    if fits:
+        scores[fits] = bonus([completions[i] for i in fits], [examples[i] for i in fits])
+    return scores
 
 
 # --- combination ----------------------------------------------------------------------------------
+class RewardFailures:
+    """Rows whose reward function raised (or gave a non-finite score), counted per function; the first
+    traceback of each function is logged once, later failures only counted."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._logged: set[str] = set()
+
+    def record(self, name: str, row: int, error: BaseException) -> None:
+        """Count one failed row of reward `name`; log its traceback if it is the function's first."""
+        self.counts[name] += 1
+        if name not in self._logged:
+            self._logged.add(name)
+            detail = "".join(traceback.format_exception(error)).rstrip()
+            log.error("reward %r failed on row %d; the row scores 0 for it (later failures are only counted "
+                      "in reward_errors/%s):\n%s", name, row, name, detail)
+
+    def take(self, names: Sequence[str]) -> dict[str, int]:
+        """`reward_errors/<name>` for each name (0 when none) since the last call, then reset the counts."""
+        counts = {f"reward_errors/{name}": self.counts[name] for name in names}
+        self.counts.clear()
+        return counts
+
+
+def _call(name: str, completions: Sequence[str], examples: Sequence[Mapping], params: Mapping[str, Any],
+          num_tokens: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    """Reward `name`'s float32 scores, one per completion (any finite or not); errors propagate."""
+    fn = get_reward(name, **params)
+    takes_tokens = "num_tokens" in inspect.signature(REWARDS[name]).parameters
+    scores = fn(completions, examples, num_tokens=num_tokens) if takes_tokens else fn(completions, examples)
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.shape != (len(completions),):
+        raise ValueError(f"reward {name!r} returned shape {scores.shape} for {len(completions)} completions")
+    return scores
+
+
+def guarded_scores(name: str, completions: Sequence[str], examples: Sequence[Mapping], failures: RewardFailures,
+                   params: Mapping[str, Any] | None = None,
+                   num_tokens: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    """Reward `name`'s scores where a failure costs one row, not the batch: when the batch call raises, each
+    row is scored alone; a row that raises or scores non-finite scores 0 and is recorded in `failures`.
+    A RewardConfigError (wrong name or parameters) still raises: no row can be scored."""
+    params = dict(params or {})
+    try:
+        scores = _call(name, completions, examples, params, num_tokens)
+    except RewardConfigError:
+        raise
+    except Exception:  # any failure of a reward function on any text: find the rows that cause it
+        tokens = None if num_tokens is None else np.asarray(num_tokens).reshape(-1)
+        scores = np.zeros(len(completions), dtype=np.float32)
+        for i in range(len(completions)):
+            try:
+                scores[i] = _call(name, completions[i:i + 1], examples[i:i + 1], params,
+                                  None if tokens is None else tokens[i:i + 1])[0]
+            except RewardConfigError:
+                raise
+            except Exception as err:  # the same, for this row alone
+                failures.record(name, i, err)
+    for i in np.flatnonzero(~np.isfinite(scores)):
+        failures.record(name, int(i), FloatingPointError(f"reward {name!r} scored row {i} {scores[i]}"))
+        scores[i] = 0.0
+    return scores
+
+
 def combine_rewards(completions: Sequence[str], examples: Sequence[Mapping], weights: Mapping[str, float], *,
                     params: Mapping[str, Mapping[str, Any]] | None = None,
                     num_tokens: Sequence[int] | np.ndarray | None = None,
+                    failures: RewardFailures | None = None,
                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Weighted sum of the named rewards, and each reward's own (unweighted) scores for logging.
 
     `weights` maps reward names to weights (a config's `rewards:` section); `params` optionally maps a
     name to keyword parameters (e.g. {"brevity": {"per_token": -0.0005}}); `num_tokens` goes to the
-    length rewards.
+    length rewards. Without `failures` any reward error raises; with it (the GRPO loop) a row on which a
+    reward fails scores 0 for that reward and is counted there (see `guarded_scores`).
     """
     if len(completions) != len(examples):
         raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
+    if num_tokens is not None and np.shape(num_tokens) != (len(completions),):
+        raise ValueError(f"num_tokens needs one count per completion ({len(completions)}), "
+                         f"got shape {np.shape(num_tokens)}")
     params = dict(params or {})
     stray = sorted(set(params) - set(weights))
     if stray:
-        raise ValueError(f"reward params given for {stray}, which have no weight")
+        raise RewardConfigError(f"reward params given for {stray}, which have no weight")
     total = np.zeros(len(completions), dtype=np.float32)
     per_function: dict[str, np.ndarray] = {}
     for name, weight in weights.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise ValueError(f"reward weight for {name!r} must be a finite number, got {weight!r}")
-        fn = get_reward(name, **params.get(name, {}))
-        takes_tokens = "num_tokens" in inspect.signature(REWARDS[name]).parameters
-        scores = fn(completions, examples, num_tokens=num_tokens) if takes_tokens else fn(completions, examples)
-        scores = np.asarray(scores, dtype=np.float32)
-        if scores.shape != (len(completions),) or not np.all(np.isfinite(scores)):
-            raise ValueError(f"reward {name!r} returned shape {scores.shape} / non-finite values "
-                             f"for {len(completions)} completions")
+            raise RewardConfigError(f"reward weight for {name!r} must be a finite number, got {weight!r}")
+        if failures is not None:
+            scores = guarded_scores(name, completions, examples, failures, params.get(name), num_tokens)
+        else:
+            scores = _call(name, completions, examples, params.get(name, {}), num_tokens)
+            if not np.all(np.isfinite(scores)):
+                raise ValueError(f"reward {name!r} returned non-finite values for {len(completions)} completions")
         per_function[name] = scores
         total += np.float32(weight) * scores
     return total, per_function
