@@ -94,7 +94,7 @@ def measure(name: str, overrides: list[str]) -> dict[str, Any]:
         report["compile_s"] = time.perf_counter() - start
     if config.grpo is not None:  # rows of one GRPO update micro-batch x (prompt + completion)
         rows = config.grpo.rows // config.grpo.minibatches // config.optimizer.grad_accum
-        report["micro_batch"] = f"{rows} x {config.grpo.max_prompt_len + config.grpo.max_new_tokens}"
+        report["micro_batch"] = f"{rows} x {config.grpo.max_prompt_len + config.grpo.sampling.max_new_tokens}"
     else:
         report["micro_batch"] = f"{config.data.batch_size // config.optimizer.grad_accum} x {config.data.seq_len}"
     report["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB

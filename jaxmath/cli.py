@@ -134,7 +134,9 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int
     args = parser.parse_args(argv)
     import jax
 
-    from jaxmath.evaluation import Sampling, load_for_generation, sample_completions
+    from jaxmath.inference.completions import sample_completions
+    from jaxmath.inference.config import Sampling
+    from jaxmath.inference.loading import load_for_generation
 
     try:
         prompts = list(args.prompt)

@@ -43,8 +43,9 @@ GRPO_CONFIG: dict[str, Any] = {
     # that probability mass spills onto other wrong answers (measured: 1e-4 lowered held-out accuracy).
     "optimizer": {"lr": 2e-5, "schedule": "constant", "clip_norm": 1.0, "b2": 0.98},
     "data": dict(DATA),
-    "grpo": {"group_size": 8, "prompts_per_step": 8, "max_prompt_len": 64, "max_new_tokens": ANSWER_TOKENS,
-             "temperature": 1.0, "rewards": {"correctness": 1.0, "numeric": 0.5},
+    "grpo": {"group_size": 8, "prompts_per_step": 8, "max_prompt_len": 64,
+             "sampling": {"max_new_tokens": ANSWER_TOKENS, "temperature": 1.0},
+             "rewards": {"correctness": 1.0, "numeric": 0.5},
              "loss": {"beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.28, "aggregation": "token_mean"},
              "mu": 1, "minibatches": 2, "overlong": "zero"},
     "train": {"steps": 40, "log_every": 1, "eval_every": 10, "eval_generate": HELD_OUT,

@@ -12,7 +12,6 @@ also scores every sample with a process reward model and reports prm@N, the accu
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -25,30 +24,25 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 from transformers import PreTrainedTokenizerBase
 
-from jaxmath.checkpoint import CheckpointError, from_pretrained
-from jaxmath.checkpoint.pretrained import is_jaxmath_dir
+from jaxmath.checkpoint import CheckpointError
 from jaxmath.data.formats import FORMATS, PromptFormat, get_format, render_messages, render_prompt
 from jaxmath.data.benchmarks import BENCHMARKS
 from jaxmath.data.readers import SkipLog, dataset_rows, file_rows, map_rows
 from jaxmath.data.schema import Record
 from jaxmath.data.sources import local_files
-from jaxmath.data.tokenizer import load_tokenizer
+from jaxmath.inference.completions import sample_completions
+from jaxmath.inference.config import Sampling, plain_text_stops, round_seed
+from jaxmath.inference.loading import load_for_generation
 from jaxmath.models import CausalLM
 from jaxmath.objectives.prm import STEP_AGGREGATIONS, aggregate_step_scores, best_of_n
-from jaxmath.parallel import make_mesh
-from jaxmath.sampling import completion_texts, generate
 from jaxmath.verify import Verifier, extract_answer
 from jaxmath.verify.sandbox import LAYERS, SandboxUnavailable, require_layers
 from jaxmath.verify.verdict import Outcome, Verdict
 
 if TYPE_CHECKING:
     from jaxmath.prm.scorer import PRMScorer
-
-PROMPT_BUCKET = 64  # prompts are padded to a multiple of this, so a run compiles once per bucket
-
 
 class EvaluationError(RuntimeError):
     """An evaluation cannot start: unknown benchmark, missing data directory or file, bad option."""
@@ -147,102 +141,6 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
-# --- model, tokenizer, generation -----------------------------------------------------------------------
-
-def default_dtype() -> str:
-    """bfloat16 on accelerators, float32 on CPU (where bfloat16 matmuls are slow)."""
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
-def model_files_dir(model_path: str | os.PathLike) -> Path:
-    """Where a model directory keeps its tokenizer and generation config (jaxmath dirs: hf_files/)."""
-    path = Path(model_path)
-    return path / "hf_files" if is_jaxmath_dir(path) else path
-
-
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase, files_dir: Path) -> list[int]:
-    """End-of-turn ids: the tokenizer's eos, generation_config.json's eos list, and the chat template's
-    end-of-turn token (`<|im_end|>`, `<|eot_id|>`) when the vocabulary has one."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    config_file = files_dir / "generation_config.json"
-    if config_file.is_file():
-        eos = json.loads(config_file.read_text()).get("eos_token_id")
-        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
-        if marker in template and marker in tokenizer.get_vocab():
-            ids.add(tokenizer.convert_tokens_to_ids(marker))
-    return sorted(ids)
-
-
-def load_for_generation(model_path: str | os.PathLike, dtype: str | None = None,
-                        tokenizer_path: str | os.PathLike | None = None
-                        ) -> tuple[CausalLM, PreTrainedTokenizerBase, list[int], Mesh]:
-    """Model (weights placed on a mesh over all devices, batch split over them), tokenizer and stop token ids."""
-    files_dir = model_files_dir(model_path)
-    tokenizer = load_tokenizer(tokenizer_path or files_dir)
-    mesh = make_mesh()
-    model = from_pretrained(model_path, dtype=dtype or default_dtype(), mesh=mesh)
-    return model, tokenizer, stop_token_ids(tokenizer, files_dir), mesh
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """Decoding settings shared by every batch of a run."""
-
-    max_new_tokens: int = 1024
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    seed: int = 0
-    stop_strings: tuple[str, ...] = ()
-
-
-def plain_text_stops(sampling: Sampling, tokenizer: PreTrainedTokenizerBase) -> Sampling:
-    """Plain-text prompts end in "Answer:": unless stop strings are given, stop where a new question starts."""
-    if tokenizer.chat_template or sampling.stop_strings:
-        return sampling
-    return dataclasses.replace(sampling, stop_strings=("\nQuestion:",))
-
-
-def _left_pad(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """[batch_size, bucketed width] ids and mask; missing rows repeat the first (their output is dropped)."""
-    width = -(-max(len(r) for r in rows) // PROMPT_BUCKET) * PROMPT_BUCKET
-    ids = np.full((batch_size, width), pad_id, np.int32)
-    mask = np.zeros((batch_size, width), np.int32)
-    for i in range(batch_size):
-        row = rows[i] if i < len(rows) else rows[0]
-        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
-    return ids, mask
-
-
-def sample_completions(model: CausalLM, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], num_samples: int,
-                       sampling: Sampling, eos_ids: Sequence[int], batch_size: int = 32,
-                       label: str = "generate") -> list[list[tuple[str, int]]]:
-    """`num_samples` completions (text, generated tokens) per prompt, longest prompts first, with progress."""
-    encoded = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-    jobs = sorted(((i, s) for i in range(len(prompts)) for s in range(num_samples)), key=lambda j: -len(encoded[j[0]]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    results: list[list[tuple[str, int]]] = [[("", 0)] * num_samples for _ in prompts]
-    start, tokens = time.perf_counter(), 0
-    for first in range(0, len(jobs), batch_size):
-        batch = jobs[first:first + batch_size]
-        ids, mask = _left_pad([encoded[i] for i, _ in batch], batch_size, pad_id)
-        out = generate(model, ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
-                       temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                       min_p=sampling.min_p, eos_token_id=list(eos_ids), pad_token_id=pad_id,
-                       seed=sampling.seed + first, stop_strings=sampling.stop_strings or None, tokenizer=tokenizer)
-        texts, lengths = completion_texts(out, tokenizer, sampling.stop_strings), np.asarray(out.lengths)
-        for row, (i, s) in enumerate(batch):
-            results[i][s] = (texts[row], int(lengths[row]))
-        tokens += int(lengths[:len(batch)].sum())
-        done, elapsed = first + len(batch), time.perf_counter() - start
-        print(f"[{label}] {done}/{len(jobs)} samples | {tokens} tokens | {tokens / elapsed:.1f} tok/s | "
-              f"{elapsed:.0f}s elapsed, ~{elapsed / done * (len(jobs) - done):.0f}s left", flush=True)
-    return results
-
-
 def extract_answers(completions: Sequence[str], fmt: PromptFormat,
                     fallback_last_number: bool = False) -> list[str | None]:
     """Each completion's final answer in the format's style; `pot` programs are run in the sandbox."""
@@ -271,7 +169,7 @@ def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, to
     samples with the verifier's feedback (jaxmath.revise) and adds pass@1 after each round; with a PRM
     `scorer`, each row gets its step scores and their `prm_aggregation`, and the metrics prm@N (the
     top-scored sample's accuracy)."""
-    from jaxmath.revise import check_attempts, repair_metrics, revise, revision_history, round_seed
+    from jaxmath.revise import check_attempts, repair_metrics, revise, revision_history
 
     prompts = [render_prompt(fmt, r.question, tokenizer) for r in records]
     completions = sample_completions(model, tokenizer, prompts, num_samples, sampling, eos_ids, batch_size, name)

@@ -20,15 +20,6 @@ from jaxmath.verify.verdict import Outcome, Verdict
 Respond = Callable[[list[list[dict[str, str]]], int], list[str]]  # (conversations, round) -> one completion each
 ERROR_CHARS = 1500  # the tail of a sandbox error that feedback quotes
 ANSWER_CHARS = 200  # the head of a wrong answer that feedback quotes
-ROUND_SEED_STRIDE = 1_000_003  # revision round r samples with seed + r * stride, far from the sampler's batch offsets
-
-
-def round_seed(sampling: Any, round_: int) -> Any:
-    """`sampling` (a dataclass with `seed`) for revision round `round_`: a seed of its own, so the coin flips of
-    one round do not repeat those of the last."""
-    return dataclasses.replace(sampling, seed=sampling.seed + round_ * ROUND_SEED_STRIDE)
-
-
 @dataclasses.dataclass(frozen=True)
 class Attempt:
     """One graded completion; for programs also what ran and how the sandbox ended it."""

@@ -14,7 +14,9 @@ from jaxmath.data.encode import STEP_SEPARATOR, encode_prm_trace
 from jaxmath.data.formats import get_format, render_prompt
 from jaxmath.data.pipelines import PipelineOptions, prm_pipeline
 from jaxmath.data.tokenizer import train_tokenizer
-from jaxmath.evaluation import Sampling, main as evaluate_main, sample_completions
+from jaxmath.evaluation import main as evaluate_main
+from jaxmath.inference.completions import sample_completions
+from jaxmath.inference.config import Sampling
 from jaxmath.models import CausalLM, ModelConfig, build_model
 from jaxmath.objectives import IGNORE_LABEL, best_of_n, make_loss, roc_auc
 from jaxmath.objectives.prm import STEP_AGGREGATIONS

@@ -16,7 +16,9 @@ from transformers import PreTrainedTokenizerBase
 from jaxmath.data.encode import check_text
 from jaxmath.data.formats import PromptFormat, render_prompt
 from jaxmath.data.schema import BadRow
-from jaxmath.evaluation import Sampling, extract_answers, grade_answers, sample_completions
+from jaxmath.evaluation import extract_answers, grade_answers
+from jaxmath.inference.completions import sample_completions
+from jaxmath.inference.config import Sampling
 from jaxmath.models import CausalLM
 from jaxmath.prm.steps import split_steps
 from jaxmath.verify.pool import Verifier
@@ -31,7 +33,7 @@ def monte_carlo_labels(policy: CausalLM, tokenizer: PreTrainedTokenizerBase, fmt
     `{"question", "solution", "answer"}` (answer = the gold); None for a solution without steps.
 
     Sampling settings (temperature, max_new_tokens, stop strings) apply to every rollout; `eos_ids` are the
-    policy's end-of-turn tokens (see `jaxmath.evaluation.stop_token_ids`).
+    policy's end-of-turn tokens (see `jaxmath.inference.loading.stop_token_ids`).
     """
     if rollouts < 1:
         raise ValueError(f"rollouts must be >= 1, got {rollouts}")

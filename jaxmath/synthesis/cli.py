@@ -17,8 +17,9 @@ from jaxmath.verify.sandbox import LAYERS, SandboxUnavailable
 FLAG_KEYS = {"teacher_model": "teacher.model", "concurrency": "teacher.concurrency",
              "max_retries": "teacher.max_retries", "request_timeout": "teacher.timeout_s", "dtype": "teacher.dtype",
              "batch_size": "teacher.batch_size", "input": "input", "format": "format", "samples": "samples",
-             "temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_new_tokens", "seed": "seed",
-             "cache": "cache", "limit": "limit", "chunk": "chunk", "sandbox_timeout": "sandbox_timeout",
+             "temperature": "sampling.temperature", "top_p": "sampling.top_p",
+             "max_new_tokens": "sampling.max_new_tokens", "seed": "sampling.seed", "cache": "cache", "limit": "limit",
+             "chunk": "chunk", "sandbox_timeout": "sandbox_timeout",
              "require_sandbox": "sandbox.require", "verifier_workers": "verifier_workers", "output": "output",
              "keep_per_problem": "keep_per_problem", "output_dir": "output_dir", "rounds": "rounds"}
 

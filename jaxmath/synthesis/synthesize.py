@@ -53,7 +53,7 @@ def first_attempts(teacher: Teacher, problems: Sequence[Record], config: Generat
                    verifier: Verifier, tally: Tally) -> list[list[Attempt]]:
     """`config.samples` graded attempts per problem (asked through the cache); counts them into `tally`."""
     fmt = get_format(config.format)
-    completions = ask(teacher, [fmt.messages(r.question) for r in problems], config.samples, config.sampling(),
+    completions = ask(teacher, [fmt.messages(r.question) for r in problems], config.samples, config.sampling,
                       cache, tally.ask)
     attempts = check_attempts([c for per in completions for c in per],
                               [r.answer for r in problems for _ in range(config.samples)], fmt, verifier,

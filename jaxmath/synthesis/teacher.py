@@ -102,7 +102,7 @@ class LocalTeacher(Teacher):
     def __init__(self, path: str | os.PathLike, dtype: str | None = None, tokenizer: str | None = None,
                  batch_size: int = 32):
         from jaxmath.data.tokenizer import load_tokenizer
-        from jaxmath.evaluation import model_files_dir
+        from jaxmath.inference.loading import model_files_dir
 
         self.path, self.dtype, self.tokenizer_path, self.batch_size = str(path), dtype, tokenizer, batch_size
         self.model = f"{Path(path).resolve()}@{checkpoint_fingerprint(path)}"
@@ -116,7 +116,7 @@ class LocalTeacher(Teacher):
 
     def _generator(self) -> tuple[Any, list[int], Any]:
         if self._loaded is None:
-            from jaxmath.evaluation import load_for_generation
+            from jaxmath.inference.loading import load_for_generation
 
             model, self.tokenizer, eos_ids, mesh = load_for_generation(self.path, self.dtype, self.tokenizer_path)
             self._loaded = (model, eos_ids, mesh)
@@ -126,7 +126,8 @@ class LocalTeacher(Teacher):
                sampling: Any) -> Iterator[tuple[int, list[str]]]:
         import jax
 
-        from jaxmath.evaluation import plain_text_stops, sample_completions
+        from jaxmath.inference.completions import sample_completions
+        from jaxmath.inference.config import plain_text_stops
 
         counts = [len(w) for w in wanted]
         asked = [i for i, count in enumerate(counts) if count > 0]

@@ -3,8 +3,10 @@ section (dpo / prm; see configs/)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from jaxmath.config import section
+from jaxmath.inference.config import Sampling
 from jaxmath.models.config import REMAT_POLICIES
 from jaxmath.objectives.grpo import ADVANTAGE_ESTIMATORS, GRPOConfig
 from jaxmath.objectives.dpo import DPOConfig
@@ -101,16 +103,17 @@ class TrainSection:
 class GRPOSection:
     """GRPO rollouts and updates: `group_size` completions for each of `prompts_per_step` prompts, rewarded by
     the named reward functions, turned into group advantages and used for `mu` passes over `minibatches`
-    minibatches (one optimizer update each). `train.steps` counts these rollout-and-update iterations."""
+    minibatches (one optimizer update each). `train.steps` counts these rollout-and-update iterations.
+    Rollouts decode with `sampling` (its seed offsets the rollout seeds, which come from train.seed and the
+    iteration)."""
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {key: f"sampling.{key}" for key in
+                                            ("max_new_tokens", "temperature", "top_p", "top_k", "stop_strings")}
 
     group_size: int = 8
     prompts_per_step: int = 8
     max_prompt_len: int = 256
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop_strings: list[str] = dataclasses.field(default_factory=list)
+    sampling: Sampling = section(Sampling(max_new_tokens=256, temperature=1.0))
     # reward name -> weight (see jaxmath.verify.rewards.REWARDS), and optional keyword parameters per reward
     rewards: dict[str, float] = dataclasses.field(default_factory=lambda: {"correctness": 1.0})
     reward_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -134,8 +137,7 @@ class GRPOSection:
     def __post_init__(self) -> None:
         if self.group_size < 2:
             raise ValueError(f"grpo.group_size must be >= 2 (advantages are group-relative), got {self.group_size}")
-        for name in ("prompts_per_step", "max_prompt_len", "max_new_tokens", "mu", "minibatches",
-                     "max_sampling_rounds"):
+        for name in ("prompts_per_step", "max_prompt_len", "mu", "minibatches", "max_sampling_rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
         if (self.prompts_per_step * self.group_size) % self.minibatches:
@@ -143,11 +145,12 @@ class GRPOSection:
                              f"rows do not split into grpo.minibatches={self.minibatches}")
         if self.advantage not in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"grpo.advantage {self.advantage!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
-        if self.temperature <= 0:
-            raise ValueError(f"grpo.temperature must be > 0 (rollouts are sampled), got {self.temperature}")
-        if self.overlong == "penalty" and not 0 < self.overlong_buffer < self.max_new_tokens:
-            raise ValueError(f"grpo.overlong=penalty needs 0 < grpo.overlong_buffer < grpo.max_new_tokens, got "
-                             f"{self.overlong_buffer}")
+        if self.sampling.temperature <= 0:
+            raise ValueError(f"grpo.sampling.temperature must be > 0 (rollouts are sampled), got "
+                             f"{self.sampling.temperature}")
+        if self.overlong == "penalty" and not 0 < self.overlong_buffer < self.sampling.max_new_tokens:
+            raise ValueError(f"grpo.overlong=penalty needs 0 < grpo.overlong_buffer < "
+                             f"grpo.sampling.max_new_tokens, got {self.overlong_buffer}")
         if not self.rewards:
             raise ValueError("grpo.rewards is empty: name at least one reward function")
         stray = sorted(set(self.reward_params) - set(self.rewards))
@@ -203,11 +206,11 @@ class TrainConfig:
     sandbox: SandboxConfig = dataclasses.field(default_factory=SandboxConfig)  # GRPO: layers programs must get
 
     def __post_init__(self) -> None:
-        for name, section in (("dpo", DPOSection), ("prm", PRMSection)):
+        for name, section_type in (("dpo", DPOSection), ("prm", PRMSection)):
             if getattr(self, name) is not None and self.objective != name:
                 raise ValueError(f"a {name} section is set but objective is {self.objective!r}")
             if self.objective == name and getattr(self, name) is None:
-                object.__setattr__(self, name, section())
+                object.__setattr__(self, name, section_type())
         if (self.objective == "grpo") != (self.grpo is not None):
             raise ValueError("objective grpo needs a grpo section (and only grpo uses one)")
         if self.sandbox.require and self.objective != "grpo":

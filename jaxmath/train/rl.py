@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 from jaxmath.config import dump_yaml
 from jaxmath.data.formats import get_format
 from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
-from jaxmath.evaluation import stop_token_ids
 from jaxmath.objectives import compute_advantages, metric_means
 from jaxmath.objectives.grpo import policy_log_probs
 from jaxmath.parallel import BATCH_AXES, initialize_distributed
-from jaxmath.sampling import GenerationOutput, generate, truncate_at_stop
+from jaxmath.inference.config import offset_seed
+from jaxmath.inference.loading import stop_token_ids
+from jaxmath.inference.sampler import GenerationOutput, generate, truncate_at_stop
 from jaxmath.train.checkpointing import TrainCheckpointer
 from jaxmath.train.config import GRPOSection, TrainConfig
 from jaxmath.train.metrics import MetricsWriter
@@ -122,24 +123,24 @@ def _rows(values: list[Any]) -> np.ndarray:
 
 def sample(rl: RLRun, params: Any, prompts: dict[str, Any], seed: int) -> dict[str, Any]:
     """G completions per prompt from the current params: tokens, log-probs, lengths, texts, truncation."""
-    g, tokenizer = rl.grpo, rl.run.tokenizer
+    s, tokenizer = rl.grpo.sampling, rl.run.tokenizer
     model = nnx.merge(rl.run.graphdef, params)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tokens = to_global(prompts, {k: rl.run.batch_sharding[k] for k in ("input_ids", "attention_mask")})
     with jax.set_mesh(rl.run.mesh):
         out = generate(model, tokens["input_ids"], tokens["attention_mask"],
-                       max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                       eos_token_id=rl.eos_ids, pad_token_id=pad, seed=seed,
-                       stop_strings=g.stop_strings or None, tokenizer=tokenizer)
+                       max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                       min_p=s.min_p, eos_token_id=rl.eos_ids, pad_token_id=pad, seed=seed,
+                       stop_strings=s.stop_strings or None, tokenizer=tokenizer)
     local = GenerationOutput(*(_local(x) for x in (out.sequences, out.logprobs, out.sampling_logprobs,
                                                    out.lengths)))
-    tokens, lengths = local.sequences[:, -g.max_new_tokens:], local.lengths
+    tokens, lengths = local.sequences[:, -s.max_new_tokens:], local.lengths
     full = tokenizer.batch_decode([row[:n].tolist() for row, n in zip(tokens, lengths)], skip_special_tokens=True)
-    texts = [truncate_at_stop(text, g.stop_strings) for text in full]  # what completion_texts gives
+    texts = [truncate_at_stop(text, s.stop_strings) for text in full]  # what completion_texts gives
     last = tokens[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
     stopped = np.isin(last, rl.eos_ids) | np.array([len(t) < len(f) for t, f in zip(texts, full)], bool)
     return {"tokens": tokens, "logprobs": local.logprobs, "lengths": lengths, "texts": _rows(texts),
-            "truncated": (lengths >= g.max_new_tokens) & ~stopped}
+            "truncated": (lengths >= s.max_new_tokens) & ~stopped}
 
 
 def score(rl: RLRun, rollout: dict[str, Any], records: list[Any]) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def score(rl: RLRun, rollout: dict[str, Any], records: list[Any]) -> dict[str, A
     examples = [{"question": r.question, "answer": r.answer} for r in records]
     total, per_function = combine_rewards(rollout["texts"], examples, g.rewards, params=g.reward_params,
                                           num_tokens=rollout["lengths"], failures=rl.reward_failures)
-    rewards, weight = overlong_rewards(total, rollout["lengths"], rollout["truncated"], g.max_new_tokens,
+    rewards, weight = overlong_rewards(total, rollout["lengths"], rollout["truncated"], g.sampling.max_new_tokens,
                                        g.overlong, g.overlong_buffer, g.overlong_penalty)
     return {"rewards": rewards, "per_function": per_function, "loss_weight": weight}
 
@@ -163,7 +164,8 @@ def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[
     for round_index in range(g.max_sampling_rounds if g.dynamic_sampling else 1):
         batch = next(prompts)
         start = time.perf_counter()
-        rollout = sample(rl, params, batch, seed=rl.run.config.train.seed * 1_000_003 + iteration * 101 + round_index)
+        seed = offset_seed(g.sampling.seed + iteration * 101 + round_index, rl.run.config.train.seed)
+        rollout = sample(rl, params, batch, seed=seed)
         timings["rollout_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
         scored = score(rl, rollout, batch["records"])
@@ -342,7 +344,7 @@ def with_rollout_memory(report: dict[str, float], run: Run) -> dict[str, float]:
     update's arguments, not its temporaries."""
     g, m, gib = run.config.grpo, run.model_config, 2**30
     devices, itemsize = report["devices"], jnp.dtype(m.compute_dtype).itemsize
-    cache = 2 * m.num_layers * g.rows * (g.max_prompt_len + g.max_new_tokens) * m.num_kv_heads * m.head_dim
+    cache = 2 * m.num_layers * g.rows * (g.max_prompt_len + g.sampling.max_new_tokens) * m.num_kv_heads * m.head_dim
     reference = m.num_params() if g.loss.beta > 0 else 0
     report = {**report, "kv_cache_gib_per_device": cache * itemsize / devices / gib,
               "reference_gib_per_device": reference * itemsize / devices / gib}

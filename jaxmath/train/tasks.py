@@ -188,7 +188,7 @@ class GRPOTask(Task):
     def example_batch(self, config: TrainConfig) -> dict[str, np.ndarray]:
         """One GRPO minibatch: prompt + completion tokens, masks, old (and reference) log-probs, advantages."""
         g = config.grpo
-        rows, shape = g.rows // g.minibatches, (g.rows // g.minibatches, g.max_prompt_len + g.max_new_tokens)
+        rows, shape = g.rows // g.minibatches, (g.rows // g.minibatches, g.max_prompt_len + g.sampling.max_new_tokens)
         batch = {k: np.zeros(shape, np.int32) for k in ("input_ids", "attention_mask", "completion_mask")}
         batch["old_logprobs"] = np.zeros(shape, np.float32)
         batch["advantages"] = np.zeros((rows,), np.float32)

@@ -396,7 +396,9 @@ def evaluate_accuracy(run: Run, params: Any) -> float | None:
     count = run.config.train.eval_generate
     if not count or not run.eval_records:
         return None
-    from jaxmath.evaluation import Sampling, evaluate_benchmark, stop_token_ids
+    from jaxmath.evaluation import evaluate_benchmark
+    from jaxmath.inference.config import Sampling
+    from jaxmath.inference.loading import stop_token_ids
     from jaxmath.verify import Verifier
 
     model = nnx.merge(run.graphdef, params)
