@@ -70,11 +70,9 @@ def check_free_space(out: Path, params: int, optimizer: int) -> None:
 
 
 def _human(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"
-        size /= 1024
-    raise AssertionError("unreachable")
+    """1375496 -> "1.3 MiB"."""
+    power = min(3, max(0, (size.bit_length() - 1) // 10))
+    return f"{size / 1024**power:.1f} {('B', 'KiB', 'MiB', 'GiB')[power]}"
 
 
 def tiny_config(config: ModelConfig) -> ModelConfig:
