@@ -203,8 +203,8 @@ def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_da
     steps. Without data (dry runs) the tokenizer is built only when the vocabulary size depends on it.
     `task` defaults to the objective's (`jaxmath.train.tasks.task_for`)."""
     task = task or task_for(config)
-    config = with_measured_remat(config, output_dir)
     out = ensure_writable(Path(output_dir or config.output_dir))
+    config = with_measured_remat(config, output_dir)
     mesh = make_mesh(config.mesh)
     needs_tokenizer = with_data or "vocab_size" not in (config.model.init or {"vocab_size": None})
     train_records, eval_records = load_records(config) if needs_tokenizer else ([], [])
