@@ -318,8 +318,6 @@ def part_sft_torch(plan: Plan, work: Path, deadline: float, result: Result) -> N
 def part_decode(plan: Plan, work: Path, deadline: float, result: Result) -> None:
     """Greedy decode of a random model of the 1.5B shape with the shipped SFT config's model settings and
     weights in its compute dtype, against the HBM roofline."""
-    import jax
-
     from generate import bench_jaxmath
     from jaxmath.checkpoint.convert import model_config_from_hf
     from jaxmath.config import load_config
@@ -592,8 +590,9 @@ def sft_rows(section: dict[str, Any]) -> list[tuple[str, str, str]]:
     if ours:
         rows.append((f"jaxmath {ours.get('batch')} x {ours.get('seq_len')}, {ours.get('dtype')} / "
                      f"{ours.get('param_dtype')} master, {settings(ours)}",
-                     f"{rate(ours.get('tokens_per_s'))}, MFU {percent(ours.get('mfu'))}, peak {gib(ours.get('peak_gib'))} "
-                     f"(compiled estimate {gib(ours.get('peak_gib_compiled'))}), compile {ours.get('compile_s', 0):.0f} s",
+                     f"{rate(ours.get('tokens_per_s'))}, MFU {percent(ours.get('mfu'))}, "
+                     f"peak {gib(ours.get('peak_gib'))} (compiled estimate {gib(ours.get('peak_gib_compiled'))}), "
+                     f"compile {ours.get('compile_s', 0):.0f} s",
                      part_status(ours)))
     theirs = section["parts"].get("sft-torch")
     if theirs:

@@ -6,8 +6,8 @@ import pytest
 
 import jaxmath
 from jaxmath.models import ModelConfig, build_model
-from jaxmath.models.attention import (QUERY_CHUNK, AttentionUnavailableError, Hardware, attend, chunked_attention, describe,
-                                      resolve, splash_attention, visible_mask)
+from jaxmath.models.attention import (QUERY_CHUNK, AttentionUnavailableError, Hardware, attend, chunked_attention,
+                                      describe, resolve, splash_attention, visible_mask)
 from jaxmath.parallel import make_mesh
 from tiny_hf import left_padded_batch, tiny_config
 

@@ -46,6 +46,15 @@ def test_auto_with_nothing_that_fits_says_so_with_the_table(monkeypatch):
     assert message.count("does not fit") == 3 and "RESOURCE_EXHAUSTED" in message
 
 
+def test_errors_other_than_running_out_of_memory_are_raised(monkeypatch):
+    def broken(config, out=None):
+        raise ValueError("model.path: no config.json")
+
+    monkeypatch.setattr(trainer, "dry_run", broken)
+    with pytest.raises(ValueError, match="no config.json"):
+        with_measured_remat(load_config(TrainConfig, TINY, ["model.remat=auto"]))
+
+
 def test_options_table_marks_the_choice():
     options = [remat.RematOption("none", 9.0, 6.0), remat.RematOption("dots", None, 6.0, error="boom"),
                remat.RematOption("dots_no_batch", 5.5, 6.0), remat.RematOption("full", 3.0, 6.0)]

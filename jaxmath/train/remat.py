@@ -61,13 +61,15 @@ class RematOption:
 def measure_options(measure: Callable[[str], dict[str, Any]], budget_gib: float, stop_at_first_fit: bool
                     ) -> list[RematOption]:
     """Measure remat options in REMAT_ORDER (each: a dry-run report with `peak_gib_per_device`); a compile that
-    fails (e.g. out of memory) counts as not fitting."""
+    runs out of memory counts as not fitting, any other error is raised."""
     options = []
     for remat in REMAT_ORDER:
         try:
             report = measure(remat)
             option = RematOption(remat, float(report["peak_gib_per_device"]), budget_gib, report=report)
-        except Exception as error:  # noqa: BLE001 - a failing compile is a measurement: this option does not fit
+        except Exception as error:  # noqa: BLE001 - only running out of memory is a measurement; the rest raises
+            if not is_out_of_memory(error):
+                raise
             option = RematOption(remat, None, budget_gib, error=f"{type(error).__name__}: {error}"[:300])
         options.append(option)
         log.info("remat=%s: peak %s GiB per device of a %.1f GiB budget%s", remat,
@@ -76,6 +78,12 @@ def measure_options(measure: Callable[[str], dict[str, Any]], budget_gib: float,
         if option.fits and stop_at_first_fit:
             break
     return options
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """XLA's allocation failures (RESOURCE_EXHAUSTED, "out of memory"), as a compile on a full device raises."""
+    text = str(error).lower()
+    return "resource_exhausted" in text or "out of memory" in text
 
 
 def first_fit(options: list[RematOption]) -> RematOption | None:

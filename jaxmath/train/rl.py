@@ -37,6 +37,7 @@ from jaxmath.inference.sampler import GenerationOutput, generate, truncate_at_st
 from jaxmath.train.checkpointing import TrainCheckpointer
 from jaxmath.train.config import GRPOSection, TrainConfig
 from jaxmath.train.metrics import MetricsWriter
+from jaxmath.train.preflight import check_outputs
 from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, reward_statistics, take_rows,
                                    train_batch, useful_groups)
 from jaxmath.train.state import init_train_state
@@ -262,6 +263,7 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
     if config.sandbox.require:
         require_layers(config.sandbox.require)  # before any model is built
     rl = build_rl_run(config, output_dir)
+    check_outputs(rl.run)  # room for a checkpoint; the final export works (tiny model) before any weight loads
     run, g, tc = rl.run, rl.grpo, config.train
     if jax.process_index() == 0:
         dump_yaml(run.config, run.out / "config.yaml")

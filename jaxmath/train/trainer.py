@@ -42,6 +42,7 @@ from jaxmath.train.checkpointing import TrainCheckpointer
 from jaxmath.train.config import TrainConfig
 from jaxmath.train.metrics import MetricsWriter, peak_flops, train_flops_per_token
 from jaxmath.train.optimizer import make_optimizer
+from jaxmath.train.preflight import check_outputs, ensure_writable
 from jaxmath.train.state import (TrainState, init_train_state, param_shardings, partition, state_shardings,
                                  trainable_predicate)
 from jaxmath.train.step import ReferenceModel, batch_shardings, make_eval_step, make_train_step, to_global
@@ -202,9 +203,8 @@ def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_da
     steps. Without data (dry runs) the tokenizer is built only when the vocabulary size depends on it.
     `task` defaults to the objective's (`jaxmath.train.tasks.task_for`)."""
     task = task or task_for(config)
+    out = ensure_writable(Path(output_dir or config.output_dir))
     config = with_measured_remat(config, output_dir)
-    out = Path(output_dir or config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(config.mesh)
     needs_tokenizer = with_data or "vocab_size" not in (config.model.init or {"vocab_size": None})
     train_records, eval_records = load_records(config) if needs_tokenizer else ([], [])
@@ -423,6 +423,7 @@ def train(config: TrainConfig, output_dir: str | Path | None = None, resume: boo
         return train_grpo(config, output_dir, resume, progress)
     initialize_distributed()
     run = build_run(config, output_dir)
+    check_outputs(run)  # room for a checkpoint; the final export works (tiny model) before any weight loads
     out, tc = run.out, config.train
     if jax.process_index() == 0:
         dump_yaml(run.config, out / "config.yaml")  # as resolved (model.remat: auto -> the measured choice)
