@@ -166,7 +166,7 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int
 
 
 def data_main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    from jaxmath.data.__main__ import main as data
+    from jaxmath.commands.data import main as data
 
     return data(argv, prog)
 

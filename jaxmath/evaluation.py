@@ -20,7 +20,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 import numpy as np
@@ -28,62 +28,23 @@ from transformers import PreTrainedTokenizerBase
 
 from jaxmath.checkpoint import CheckpointError
 from jaxmath.data.formats import FORMATS, PromptFormat, get_format, render_messages, render_prompt
-from jaxmath.data.benchmarks import BENCHMARKS
-from jaxmath.data.readers import SkipLog, dataset_rows, file_rows, map_rows
+from jaxmath.data.benchmarks import BENCHMARKS, load_benchmark
 from jaxmath.data.schema import Record
-from jaxmath.data.sources import local_files
+from jaxmath.data.sources import SourceError
 from jaxmath.inference.completions import sample_completions
 from jaxmath.inference.config import Sampling, plain_text_stops, round_seed
 from jaxmath.inference.loading import load_for_generation
 from jaxmath.models import CausalLM
 from jaxmath.objectives.prm import STEP_AGGREGATIONS, aggregate_step_scores, best_of_n
-from jaxmath.verify import Verifier, extract_answer
+from jaxmath.verify import Verifier
 from jaxmath.verify.sandbox import LAYERS, SandboxUnavailable, require_layers
-from jaxmath.verify.verdict import Outcome, Verdict
 
 if TYPE_CHECKING:
     from jaxmath.prm.scorer import PRMScorer
 
+
 class EvaluationError(RuntimeError):
-    """An evaluation cannot start: unknown benchmark, missing data directory or file, bad option."""
-
-
-def _listing(path: Path) -> str:
-    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    return ", ".join(entries) if entries else "nothing"
-
-
-def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Record]:
-    """The problems of benchmark `name`: from `data_dir/<name>/` when given, else from the Hub."""
-    if name not in BENCHMARKS:
-        raise EvaluationError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
-    bench = BENCHMARKS[name]
-    skips = SkipLog()
-    if data_dir is None:
-        import datasets
-
-        try:
-            dataset = datasets.load_dataset(bench.source.hub_id, bench.source.hub_config, split=bench.hub_split)
-        except Exception as err:  # offline, missing dataset or split: one clear message
-            raise EvaluationError(f"{name}: cannot load {bench.source.hub_id} [{bench.hub_split}] from the Hub "
-                                  f"({err}); pass --data-dir with a local copy") from err
-        rows: Iterator = dataset_rows(dataset, f"{bench.source.hub_id}[{bench.hub_split}]")
-    else:
-        root = Path(data_dir)
-        if not root.is_dir():
-            raise EvaluationError(f"data directory {root} does not exist; {root.parent} holds: {_listing(root.parent)}")
-        paths = local_files(bench.source, bench.local_split, root)
-        if not paths:
-            folder = root / bench.source.local_dir
-            where = (f"{folder} holds: {_listing(folder)}" if folder.is_dir()
-                     else f"{root} holds: {_listing(root)}")
-            raise EvaluationError(f"{name}: no {bench.local_split}.jsonl or .parquet under {folder}; {where}")
-        rows = (row for path in paths for row in file_rows(path, skips))
-    records = list(map_rows(rows, bench.source.layouts, name, skips, prepare=bench.source.prepare))
-    skips.warn()
-    if not records:
-        raise EvaluationError(f"{name}: no usable problems ({skips.summary() or 'the source is empty'})")
-    return records[:limit] if limit else records
+    """An evaluation cannot start: a bad option (unknown benchmarks and missing data are SourceErrors)."""
 
 
 # --- metrics ------------------------------------------------------------------------------------------
@@ -139,25 +100,6 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
              for r in [header, *rows]]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
-
-
-def extract_answers(completions: Sequence[str], fmt: PromptFormat,
-                    fallback_last_number: bool = False) -> list[str | None]:
-    """Each completion's final answer in the format's style; `pot` programs are run in the sandbox."""
-    if fmt.extraction_style != "pot":
-        return [extract_answer(c, fmt.extraction_style, fallback_last_number) for c in completions]
-    from jaxmath.verify.rewards import run_completions
-
-    return [r.value if r is not None and r.ok else None for r in run_completions(completions)]
-
-
-def grade_answers(verifier: Verifier, answers: Sequence[str | None], golds: Sequence[str]) -> list[Verdict]:
-    """Verdicts for extracted answers (WRONG "no answer" where none was found)."""
-    found = [i for i, a in enumerate(answers) if a is not None]
-    verdicts = [Verdict(Outcome.WRONG, "no answer")] * len(answers)
-    for i, verdict in zip(found, verifier.compare_batch([answers[i] for i in found], [golds[i] for i in found])):
-        verdicts[i] = verdict
-    return verdicts
 
 
 def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, tokenizer: PreTrainedTokenizerBase,
@@ -299,7 +241,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         summary = evaluate(args.model, args.benchmarks, args.out, args.data_dir, args.format, args.num_samples,
                            sampling, args.batch_size, args.limit, args.dtype, args.tokenizer, args.verifier_workers,
                            args.fallback_last_number, args.repair_rounds, args.prm, args.prm_aggregation)
-    except (EvaluationError, CheckpointError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
+    except (EvaluationError, SourceError, CheckpointError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(format_table(summary))

@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from jaxmath import cli
-from jaxmath.data.__main__ import main, parse_splits
+from jaxmath.commands.data import main, parse_splits
 from jaxmath.data.benchmarks import EvalSplitError
 from jaxmath.data.builder import BuildConfig, EvalSplitWarning, build, sample, split_evenly
 from jaxmath.data.readers import BadRowWarning
@@ -122,7 +122,7 @@ def test_help_names_the_command_it_was_invoked_as(capsys):
         assert exit_info.value.code == 0 and capsys.readouterr().out.startswith(usage)
     with pytest.raises(SystemExit):
         main(["build", "--help"])
-    assert capsys.readouterr().out.startswith("usage: python -m jaxmath.data build")
+    assert capsys.readouterr().out.startswith("usage: jaxmath data build")
 
 
 def test_threshold_controls_what_counts_as_contaminated(tmp_path):

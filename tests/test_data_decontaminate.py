@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from jaxmath import evaluation
 from jaxmath.data import benchmarks
-from jaxmath.data.__main__ import main
+from jaxmath.commands.data import main
 from jaxmath.data.builder import BuildConfig, build
 from jaxmath.data.decontaminate import Match, NgramIndex, default_eval_sets, eval_questions, ngrams, words
 from jaxmath.data.readers import FieldMap, SkipLog

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from jaxmath.checkpoint.pretrained import save_jaxmath
-from jaxmath.data import __main__ as data_cli
+from jaxmath.commands import data as data_cli
 from jaxmath.data.encode import STEP_SEPARATOR, encode_prm_trace
 from jaxmath.data.formats import get_format, render_prompt
 from jaxmath.data.pipelines import PipelineOptions, prm_pipeline
@@ -330,7 +330,7 @@ def test_prm_step_bonus_is_a_reward_function(trained, held_out):
 
 
 def test_prm_steps_is_a_registered_reward_grpo_configs_can_weight(trained, held_out):
-    from jaxmath.verify.rewards import combine_rewards
+    from jaxmath.rewards import combine_rewards
 
     p = held_out[0]
     completions = [solution_text(c["steps"]) for c in p["candidates"][:3]]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxmath.data.__main__ import main as data_main
+from jaxmath.commands.data import main as data_main
 from jaxmath.data.formats import get_format, render_messages
 from jaxmath.data.readers import read_records
 from jaxmath.data.tokenizer import train_tokenizer

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from jaxmath.verify import rewards as R
+from jaxmath import rewards as R
 
 
 def _flaky(completions, examples):

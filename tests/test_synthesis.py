@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from jaxmath.data.__main__ import main as data_main
+from jaxmath.commands.data import main as data_main
 from jaxmath.data.encode import encode_preference
 from jaxmath.data.formats import get_format
 from jaxmath.data.readers import read_records

@@ -16,11 +16,11 @@ from transformers import PreTrainedTokenizerBase
 from jaxmath.data.encode import check_text
 from jaxmath.data.formats import PromptFormat, render_prompt
 from jaxmath.data.schema import BadRow
-from jaxmath.evaluation import extract_answers, grade_answers
 from jaxmath.inference.completions import sample_completions
 from jaxmath.inference.config import Sampling
 from jaxmath.models import CausalLM
 from jaxmath.prm.steps import split_steps
+from jaxmath.verify.answers import extract_answers, grade_answers
 from jaxmath.verify.pool import Verifier
 
 
@@ -49,7 +49,7 @@ def monte_carlo_labels(policy: CausalLM, tokenizer: PreTrainedTokenizerBase, fmt
     continuations = sample_completions(policy, tokenizer, prompts, rollouts, sampling, eos_ids, batch_size,
                                        label="prm rollouts")
     texts = [prefix + text for (_, prefix, _), per_prefix in zip(prefixes, continuations) for text, _ in per_prefix]
-    answers = extract_answers(texts, fmt, fallback_last_number)
+    answers = extract_answers(texts, fmt.extraction_style, fallback_last_number)
     verdicts = grade_answers(verifier, answers, [gold for _, _, gold in prefixes for _ in range(rollouts)])
     reached = np.asarray([v.correct for v in verdicts], bool).reshape(len(prefixes), rollouts)
     rows: list[dict[str, Any] | None] = []

@@ -114,7 +114,7 @@ class GRPOSection:
     prompts_per_step: int = 8
     max_prompt_len: int = 256
     sampling: Sampling = section(Sampling(max_new_tokens=256, temperature=1.0))
-    # reward name -> weight (see jaxmath.verify.rewards.REWARDS), and optional keyword parameters per reward
+    # reward name -> weight (see jaxmath.rewards.REWARDS), and optional keyword parameters per reward
     rewards: dict[str, float] = dataclasses.field(default_factory=lambda: {"correctness": 1.0})
     reward_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     advantage: str = "grpo"  # grpo | grpo_no_std (Dr. GRPO) | rloo

@@ -31,6 +31,7 @@ from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
 from jaxmath.objectives import compute_advantages, metric_means
 from jaxmath.objectives.grpo import policy_log_probs
 from jaxmath.parallel import BATCH_AXES, initialize_distributed
+from jaxmath.rewards import RewardFailures, combine_rewards
 from jaxmath.inference.config import offset_seed
 from jaxmath.inference.loading import stop_token_ids
 from jaxmath.inference.sampler import GenerationOutput, generate, truncate_at_stop
@@ -43,7 +44,6 @@ from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, re
 from jaxmath.train.state import init_train_state
 from jaxmath.train.trainer import (Run, TrainingError, abstract_state, build_run, evaluate_accuracy, export_final,
                                    load_params, to_global)
-from jaxmath.verify.rewards import RewardFailures, combine_rewards
 from jaxmath.verify.sandbox import require_layers, shared_layers
 
 log = logging.getLogger(__name__)
