@@ -37,6 +37,8 @@ class ModelSection:
     attention_impl: str | None = "auto"  # or xla / chunked / cudnn / splash; null = auto (jaxmath.models.attention)
     seed: int = 0
     lora: LoraSection | None = None
+    # a PEFT LoRA adapter directory (or Hub id) loaded onto model.path; its settings replace model.lora
+    adapter: str | None = None
 
     def options(self) -> dict[str, Any]:
         """ModelConfig fields set by this section (runtime choices and LoRA). remat: auto is left out: the trainer
@@ -53,6 +55,9 @@ class ModelSection:
     def __post_init__(self) -> None:
         if (self.path is None) == (self.init is None):
             raise ValueError("set exactly one of model.path (pretrained weights) and model.init (random init)")
+        if self.adapter is not None and (self.path is None or self.lora is not None):
+            raise ValueError("model.adapter loads a PEFT adapter onto model.path and brings its own LoRA settings: "
+                             "set model.path, and remove model.lora")
         if self.remat not in ("auto", *REMAT_POLICIES):
             raise ValueError(f"model.remat={self.remat!r}; expected auto or one of {REMAT_POLICIES}")
 
