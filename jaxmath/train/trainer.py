@@ -45,10 +45,12 @@ from jaxmath.train.config import TrainConfig
 from jaxmath.train.metrics import MetricsWriter, peak_flops, train_flops_per_token
 from jaxmath.train.optimizer import make_optimizer
 from jaxmath.train.preflight import check_outputs, ensure_writable
+from jaxmath.train.publish import check_token, push_to_hub
 from jaxmath.train.state import (TrainState, init_train_state, param_shardings, partition, state_shardings,
                                  trainable_predicate)
 from jaxmath.train.step import ReferenceModel, batch_shardings, make_eval_step, make_train_step, to_global
 from jaxmath.train.tasks import Row, Task, task_for
+from jaxmath.tracking import check_wandb
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +424,9 @@ def train(config: TrainConfig, output_dir: str | Path | None = None, resume: boo
           progress: bool = True) -> dict[str, Any]:
     """Run (or resume) training; returns a summary with the final loss and the last evaluation's figures
     (GRPO: rewards and held-out accuracy before and after)."""
+    check_wandb(config.logging.wandb)  # fail now, naming the fix, not after loading and training
+    if config.train.push_to_hub:
+        check_token()
     if config.objective == "grpo":
         from jaxmath.train.rl import train_grpo
         return train_grpo(config, output_dir, resume, progress)
@@ -445,10 +450,10 @@ def train(config: TrainConfig, output_dir: str | Path | None = None, resume: boo
     else:
         state = init_train_state(params, run.optimizer, tc.seed, run.shardings, run.trainable)
     del params  # the state holds them (and the step donates it)
-    writer = MetricsWriter(out, enabled=jax.process_index() == 0)
+    writer = MetricsWriter(out, enabled=jax.process_index() == 0, config=run.config)
     start = int(state.step)
     summary = _loop(run, state, data, checkpointer, writer, start, progress, reference)
-    writer.close()
+    writer.close(summary)
     checkpointer.close()
     return summary
 
@@ -529,3 +534,6 @@ def export_final(run: Run, params: Any) -> None:
         base = run.config.model.path
         peft_io.save_adapter(run.out / "hf_adapter", host, run.model_config, overwrite=True,
                              base_model=None if base is None or is_jaxmath_dir(base) else base)
+    if run.config.train.push_to_hub:
+        url = push_to_hub(run.out / "hf", run.config.train.push_to_hub, private=run.config.train.hub_private)
+        log.info("pushed %s to %s", run.out / "hf", url)
