@@ -145,7 +145,10 @@ def run_pipeline(config: PipelineConfig, output_dir: str | Path | None = None,
         summaries[stage.name] = summary
     (out / "pipeline.json").write_text(json.dumps(summaries, indent=2, default=str) + "\n")
     if config.logging.wandb is not None:
-        log_pipeline_report(config.logging.wandb, summaries, out)
+        import jax
+
+        if jax.process_index() == 0:
+            log_pipeline_report(config.logging.wandb, summaries, out)
     return summaries
 
 

@@ -157,7 +157,7 @@ def check_card(card: str, version: str = jaxmath.__version__) -> None:
     assert parsed.data.library_name == "transformers" and "jaxmath" in parsed.data.tags
     results = {(r.dataset_name, r.metric_type): r.metric_value for r in parsed.data.eval_results}
     assert results == {("gsm8k", "pass@1"): 0.25, ("gsm8k", "maj@4"): 0.375, ("math500", "pass@1"): 0.125}
-    assert f"jaxmath](https://pypi.org/project/jaxmath/) {version}" in card
+    assert f"A model trained with jaxmath {version} (SFT)." in card
     assert "objective: sft" in card and "tokenizer_vocab_size: 384" in card  # the run's config.yaml, verbatim
     assert "gsm8k_train.jsonl" in card and "400 records of `arithmetic__mul`" in card  # data sources
     assert "| eval | gsm8k | pass@1 | 0.25 |" in card

@@ -137,8 +137,8 @@ def model_card(model_dir: str | Path, repo_id: str, run_dir: str | Path | None =
         eval_results=[EvalResult(task_type="text-generation", dataset_type=r["benchmark"], dataset_name=r["benchmark"],
                                  metric_type=r["metric"], metric_value=r["value"]) for r in benchmarks] or None)
     what = f"A LoRA adapter (PEFT) for `{base}`" if adapter else "A model"
-    lines = [f"# {name}", "", f"{what} trained with [jaxmath](https://pypi.org/project/jaxmath/) "
-             f"{jaxmath.__version__}" + (f" ({objective.upper()})." if objective else "."), ""]
+    lines = [f"# {name}", "", f"{what} trained with jaxmath {jaxmath.__version__}"
+             + (f" ({objective.upper()})." if objective else "."), ""]
     lines += _training_section(config, run_dir) + _data_section(data, config) + _evaluation_section(results)
     if config_text:
         lines += ["## Training configuration", "", "The run's resolved config (`config.yaml`):", "", "```yaml",
