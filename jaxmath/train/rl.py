@@ -41,7 +41,7 @@ from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, re
                                    take_rows, train_batch, useful_groups)
 from jaxmath.train.state import init_train_state
 from jaxmath.train.trainer import (Run, TrainingError, abstract_state, build_run, evaluate_accuracy, export_final,
-                                   load_params, to_global)
+                                   load_params, push_final, to_global)
 from jaxmath.verify.rewards import RewardFailures, combine_rewards
 from jaxmath.verify.sandbox import require_layers, shared_layers
 
@@ -331,6 +331,7 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
     checkpointer.wait()
     if tc.export_hf:
         export_final(run, state.params)
+        push_final(run)
     checkpointer.close()
     summary.update(steps=tc.steps, reward_mean=row.get("reward_mean"), accuracy=row.get("accuracy"),
                    output_dir=str(run.out))

@@ -517,6 +517,7 @@ def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckp
     checkpointer.wait()
     if tc.export_hf:
         export_final(run, state.params)
+        push_final(run)
     return {"steps": tc.steps, "final_loss": last_loss, "eval_loss": evaluation.get("eval_loss"), **evaluation,
             "eval_accuracy": summary_accuracy, "output_dir": str(run.out)}
 
@@ -534,6 +535,10 @@ def export_final(run: Run, params: Any) -> None:
         base = run.config.model.path
         peft_io.save_adapter(run.out / "hf_adapter", host, run.model_config, overwrite=True,
                              base_model=None if base is None or is_jaxmath_dir(base) else base)
-    if run.config.train.push_to_hub:
+
+
+def push_final(run: Run) -> None:
+    """Upload hf/ with a generated model card to `train.push_to_hub` (process 0), after the final export."""
+    if run.config.train.push_to_hub and jax.process_index() == 0:
         url = push_to_hub(run.out / "hf", run.config.train.push_to_hub, private=run.config.train.hub_private)
         log.info("pushed %s to %s", run.out / "hf", url)
