@@ -84,7 +84,8 @@ def adapter_config(config: ModelConfig, base_model: str | None) -> dict[str, Any
     return {"peft_type": "LORA", "task_type": "TOKEN_CLS" if token_classifier else "CAUSAL_LM",
             "base_model_name_or_path": base_model, "revision": None, "r": config.lora_rank,
             "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
-            "target_modules": sorted(config.lora_targets), "modules_to_save": HEAD_MODULES if token_classifier else None,
+            "target_modules": sorted(config.lora_targets),
+            "modules_to_save": HEAD_MODULES if token_classifier else None,
             "init_lora_weights": True, "inference_mode": True, "layers_pattern": None, **UNSUPPORTED}
 
 

@@ -133,7 +133,8 @@ def model_card(model_dir: str | Path, repo_id: str, run_dir: str | Path | None =
     metadata = ModelCardData(
         library_name="peft" if adapter else "transformers", base_model=_hub_id(base), model_name=name,
         pipeline_tag="token-classification" if token_classifier else "text-generation",
-        tags=["jaxmath", "math", *([objective] if objective else []), *(["lora"] if adapter or model.get("lora") else [])],
+        tags=["jaxmath", "math", *([objective] if objective else []),
+              *(["lora"] if adapter or model.get("lora") else [])],
         eval_results=[EvalResult(task_type="text-generation", dataset_type=r["benchmark"], dataset_name=r["benchmark"],
                                  metric_type=r["metric"], metric_value=r["value"]) for r in benchmarks] or None)
     what = f"A LoRA adapter (PEFT) for `{base}`" if adapter else "A model"
@@ -151,16 +152,18 @@ def _training_section(config: Mapping[str, Any], run_dir: Path | None) -> list[s
     if not config:
         return []
     model, train, optimizer = config.get("model") or {}, config.get("train") or {}, config.get("optimizer") or {}
-    start = f"`{model['path']}`" if model.get("path") else "a random initialisation of " + \
-        json.dumps({k: v for k, v in (model.get("init") or {}).items()})
+    start = (f"`{model['path']}`" if model.get("path")
+             else f"a random initialisation of {json.dumps(model.get('init') or {})}")
     lines = ["## Training", "", f"- Objective: {config.get('objective')}", f"- Started from: {start}"]
     if model.get("adapter"):
         lines.append(f"- Continued from the adapter `{model['adapter']}`")
     if model.get("lora"):
         lora = model["lora"]
-        lines.append(f"- LoRA: rank {lora.get('rank')}, alpha {lora.get('alpha')}, on {', '.join(lora.get('targets', []))}")
-    lines.append(f"- Steps: {train.get('steps')}; optimizer AdamW, lr {optimizer.get('lr')} ({optimizer.get('schedule')}), "
-                 f"parameter dtype {model.get('param_dtype')}, compute dtype {model.get('dtype')}")
+        targets = ", ".join(lora.get("targets", []))
+        lines.append(f"- LoRA: rank {lora.get('rank')}, alpha {lora.get('alpha')}, on {targets}")
+    lines.append(f"- Steps: {train.get('steps')}; optimizer AdamW, lr {optimizer.get('lr')} "
+                 f"({optimizer.get('schedule')}), parameter dtype {model.get('param_dtype')}, "
+                 f"compute dtype {model.get('dtype')}")
     rows = read_metrics(run_dir / "metrics.jsonl") if run_dir and (run_dir / "metrics.jsonl").is_file() else []
     losses = [r for r in rows if _number(r.get("loss"))]
     if losses:
@@ -205,7 +208,8 @@ def _usage_section(repo_id: str, base: str | None, adapter: bool, token_classifi
         code = [f"from transformers import {auto}, AutoTokenizer", "",
                 f"model = {auto}.from_pretrained({json.dumps(repo_id)})",
                 f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(repo_id)})"]
-    jax_load = "jaxmath.from_pretrained(base_dir, adapter=adapter_dir)" if adapter else "jaxmath.from_pretrained(model_dir)"
+    jax_load = ("jaxmath.from_pretrained(base_dir, adapter=adapter_dir)" if adapter
+                else "jaxmath.from_pretrained(model_dir)")
     return ["## Usage", "", "```python", *code, "```", "", f"In JAX, on a downloaded snapshot: `{jax_load}`.", ""]
 
 
