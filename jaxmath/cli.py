@@ -13,6 +13,7 @@
     jaxmath eval --model ckpt_or_hf_dir --benchmarks gsm8k math500 --data-dir ../shared/data --out results/
                  [--repair-rounds R]
     jaxmath generate --model ckpt_or_hf_dir --prompt "What is 17 * 23?" [--max-new-tokens 256]
+    jaxmath push --model run/hf --repo user/name [--private] [--dry-run]   upload to the Hugging Face Hub
 """
 from __future__ import annotations
 
@@ -86,10 +87,16 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="compile the train step and print per-device memory (with model.remat: auto, a "
                              "table of every remat option and the one training would take); loads no weights")
+    parser.add_argument("--wandb-project", default=None, metavar="NAME",
+                        help="log to this Weights & Biases project (sets logging.wandb.project)")
     args = parser.parse_args(argv)
+    if args.wandb_project is not None:
+        args.set.insert(0, f"logging.wandb.project={json.dumps(args.wandb_project)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every array it writes at INFO
+    from jaxmath.tracking import TrackingError
     from jaxmath.train.config import TrainConfig
+    from jaxmath.train.publish import PublishError
     from jaxmath.train.trainer import TrainingError, dry_run, train
     from jaxmath.verify.sandbox import SandboxUnavailable
 
@@ -103,7 +110,39 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(json.dumps(report, indent=2))
             return 0
         print(json.dumps(train(config, args.output_dir, resume=args.resume), indent=2))
-    except (ConfigError, TrainingError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
+    except (ConfigError, TrainingError, FileNotFoundError, ValueError, SandboxUnavailable, TrackingError,
+            PublishError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def push_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Upload a HF export (or a PEFT adapter directory) to the Hugging Face Hub with a generated model card."""
+    parser = argparse.ArgumentParser(prog=prog, description=push_main.__doc__)
+    parser.add_argument("--model", required=True, help="HF export directory (e.g. runs/x/hf) or PEFT adapter "
+                                                       "directory (runs/x/hf_adapter)")
+    parser.add_argument("--repo", required=True, help="Hub repository id, user/name (created if absent)")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--run-dir", default=None,
+                        help="training run whose config and results go into the card (default: the export's "
+                             "parent when it holds config.yaml)")
+    parser.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN or `hf auth login`)")
+    parser.add_argument("--dry-run", action="store_true", help="print the files and the model card; upload nothing")
+    args = parser.parse_args(argv)
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from jaxmath.train.publish import PublishError, check_repo_id, model_card, push_to_hub, upload_files
+
+    try:
+        if args.dry_run:
+            check_repo_id(args.repo)
+            files = upload_files(args.model)
+            print(model_card(args.model, args.repo, args.run_dir))
+            print(f"--- would upload to {args.repo}: {', '.join(files)}, README.md")
+            return 0
+        print(f"pushed: {push_to_hub(args.model, args.repo, args.private, args.run_dir, args.token)}")
+    except (PublishError, ValueError, OSError, HfHubHTTPError) as err:  # OSError: also offline mode
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -197,6 +236,7 @@ COMMANDS: dict[str, dict[str, Callable[..., int]]] = {
     "demo": {"": demo_main},
     "pipeline": {"": pipeline_main},
     "eval": {"": eval_main},
+    "push": {"": push_main},
 }
 
 

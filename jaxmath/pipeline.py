@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxmath.config import ConfigError, load_config
+from jaxmath.tracking import LoggingSection, check_wandb, log_pipeline_report
 
 DONE = "stage.json"
 
@@ -46,6 +47,9 @@ class Stage:
 class PipelineConfig:
     output_dir: str = "runs/pipeline"
     stages: list[Stage] = dataclasses.field(default_factory=list)
+    # logging.wandb: every training stage without its own logs there (named after the stage, grouped under the
+    # pipeline), and the pipeline's report (pipeline.json) is logged as a run of its own
+    logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -75,13 +79,21 @@ def stage_train_config(stage: Stage, out: Path, names: list[str]) -> Any:
         raise ConfigError(f"stage {stage.name}: {err}") from err
 
 
+def with_pipeline_logging(config: Any, logging: LoggingSection, stage: Stage, out: Path) -> Any:
+    """A stage's TrainConfig logging to the pipeline's W&B project when it names none of its own."""
+    if logging.wandb is None or config.logging.wandb is not None:
+        return config
+    wandb = dataclasses.replace(logging.wandb, name=stage.name, group=logging.wandb.group or out.name)
+    return dataclasses.replace(config, logging=LoggingSection(wandb=wandb))
+
+
 def _expand(argument: str, stage: Stage, out: Path, names: list[str]) -> str:
     """`{out}`, `{stage}` and `{NAME}` (a stage) replaced by directories; other braces (YAML) left alone."""
     places = {"out": str(out), "stage": str(out / stage.name), **{n: str(out / n) for n in names}}
     return re.sub(r"\{(\w+)\}", lambda m: places.get(m.group(1), m.group(0)), argument)
 
 
-def run_stage(stage: Stage, out: Path, names: list[str]) -> dict[str, Any]:
+def run_stage(stage: Stage, out: Path, names: list[str], logging: LoggingSection = LoggingSection()) -> dict[str, Any]:
     """Run one stage (resuming a training run from its own checkpoints); returns its summary."""
     (out / stage.name).mkdir(parents=True, exist_ok=True)
     if stage.command is not None:
@@ -94,7 +106,7 @@ def run_stage(stage: Stage, out: Path, names: list[str]) -> dict[str, Any]:
         return {"command": argv}
     from jaxmath.train.trainer import train
 
-    config = stage_train_config(stage, out, names)
+    config = with_pipeline_logging(stage_train_config(stage, out, names), logging, stage, out)
     if stage.init_from is not None and not (out / stage.init_from / "final_model").is_dir():
         raise FileNotFoundError(f"stage {stage.name}: {out / stage.init_from / 'final_model'} does not exist "
                                 f"(did stage {stage.init_from} export its model? train.export_hf must be true)")
@@ -114,6 +126,7 @@ def run_pipeline(config: PipelineConfig, output_dir: str | Path | None = None,
     names = [s.name for s in config.stages]
     if from_stage is not None and from_stage not in names:
         raise ConfigError(f"--from-stage {from_stage!r} is not a stage; stages: {names}")
+    check_wandb(config.logging.wandb)  # before the first stage, not after the last
     out.mkdir(parents=True, exist_ok=True)
     first_forced = names.index(from_stage) if from_stage else len(names)
     summaries: dict[str, dict[str, Any]] = {}
@@ -127,10 +140,15 @@ def run_pipeline(config: PipelineConfig, output_dir: str | Path | None = None,
             continue
         print(f"[pipeline] {index + 1}/{len(names)} {stage.name}: running in {out / stage.name}", flush=True)
         start = time.perf_counter()
-        summary = {**run_stage(stage, out, names), "seconds": round(time.perf_counter() - start, 1)}
+        summary = {**run_stage(stage, out, names, config.logging), "seconds": round(time.perf_counter() - start, 1)}
         _mark_done(out / stage.name, summary)
         summaries[stage.name] = summary
     (out / "pipeline.json").write_text(json.dumps(summaries, indent=2, default=str) + "\n")
+    if config.logging.wandb is not None:
+        import jax
+
+        if jax.process_index() == 0:
+            log_pipeline_report(config.logging.wandb, summaries, out)
     return summaries
 
 
@@ -148,7 +166,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         summaries = run_pipeline(load_config(PipelineConfig, args.config), args.output_dir, args.from_stage)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:  # TrainingError is a RuntimeError
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:  # Training/TrackingError: RuntimeErrors
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summaries, indent=2, default=str))

@@ -9,6 +9,7 @@ directories are refused with a message saying how to redo them.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from jaxmath.checkpoint import peft_io
 from jaxmath.checkpoint.convert import (PathTuple, expected_shapes, hf_sources, iter_hf_to_jax,
                                         model_config_from_hf, source_dtype, write_hf_checkpoint)
 from jaxmath.checkpoint.hf_io import CheckpointError, HFCheckpointReader, atomic_directory, numpy_dtype
@@ -69,7 +71,7 @@ def _assemble(config: ModelConfig, arrays: Iterable[tuple[PathTuple, Any]], mesh
     placed = {}
     for path, host in arrays:
         placed[path] = _place(host, _sharding(variables[path], mesh))
-    fresh = {p for p in variables if new_head and p[0] in HEAD_PARAMS}
+    fresh = {p for p in variables if new_head and p[0] in HEAD_PARAMS and p not in placed}
     if config.lora_rank and not any(is_lora_path(p) for p in placed):
         fresh |= {p for p in variables if is_lora_path(p)}
     if fresh:
@@ -105,25 +107,47 @@ def _runtime(dtype: str, param_dtype: str | None, runtime: Mapping[str, Any]) ->
 
 
 def from_pretrained(path: str | Path, dtype: str = "float32", mesh: Mesh | None = None,
-                    param_dtype: str | None = None, num_labels: int | None = None, **runtime: Any) -> Model:
+                    param_dtype: str | None = None, num_labels: int | None = None, adapter: str | Path | None = None,
+                    **runtime: Any) -> Model:
     """Load a model from a HF checkpoint directory or a jaxmath model directory.
 
     `dtype` is the compute dtype and, unless `param_dtype` is given, the parameter dtype. With a mesh,
     every parameter is placed straight onto it per the logical-axis rules (each device holds its shard).
     `num_labels` different from the checkpoint's (0 for a causal LM) loads its decoder under a freshly
     initialised classification head of that many labels (a PRM started from a language model).
+    `adapter`: a PEFT LoRA adapter directory whose factors (and settings) are loaded onto this base, to
+    evaluate base + adapter or to continue training it.
     Extra options: remat, attention_impl, and lora_rank / lora_alpha / lora_dropout / lora_targets to add
     freshly initialised LoRA adapters to a checkpoint that has none.
     """
     path = Path(path)
+    if adapter is not None:
+        runtime = _with_adapter_options(runtime, Path(adapter))
     options = _runtime(dtype, param_dtype, runtime)
     if is_jaxmath_dir(path):
-        return _load_jaxmath(path, mesh, options, num_labels)
+        return _load_jaxmath(path, mesh, options, num_labels, adapter)
     reader = HFCheckpointReader(path)
     source = model_config_from_hf(reader.config, **options)
     config, new_head = _reheaded(source, num_labels)
     arrays = iter_hf_to_jax(reader, source, source.param_dtype)
-    return _assemble(config, _without_head(arrays) if new_head else arrays, mesh, new_head)
+    return _assemble(config, _adapted(_without_head(arrays) if new_head else arrays, adapter, config), mesh, new_head)
+
+
+def _with_adapter_options(runtime: Mapping[str, Any], adapter: Path) -> dict[str, Any]:
+    """`runtime` plus the adapter's LoRA settings; LoRA options given as well must agree with them."""
+    lora = peft_io.lora_options(adapter)
+    clash = {k: runtime[k] for k in lora if k in runtime and runtime[k] != lora[k]}
+    if clash:
+        raise CheckpointError(f"{adapter}: the adapter's LoRA settings {lora} differ from the options given {clash}")
+    return {**runtime, **lora}
+
+
+def _adapted(arrays: Iterable[tuple[PathTuple, Any]], adapter: str | Path | None,
+             config: ModelConfig) -> Iterable[tuple[PathTuple, Any]]:
+    """The base arrays followed by the adapter's (its LoRA factors, and a token classifier's head)."""
+    if adapter is None:
+        return arrays
+    return itertools.chain(arrays, peft_io.load_adapter(adapter, config).items())
 
 
 def read_marker(path: Path) -> dict[str, Any]:
@@ -141,13 +165,14 @@ def read_marker(path: Path) -> dict[str, Any]:
     return marker
 
 
-def _load_jaxmath(path: Path, mesh: Mesh | None, options: Mapping[str, Any], num_labels: int | None = None) -> Model:
+def _load_jaxmath(path: Path, mesh: Mesh | None, options: Mapping[str, Any], num_labels: int | None = None,
+                  adapter: str | Path | None = None) -> Model:
     marker = read_marker(path)
     saved = ModelConfig(**{**marker["model_config"], **{k: v for k, v in options.items() if k in RUNTIME_FIELDS}})
     config = saved.replace(**{k: v for k, v in options.items() if k in LORA_FIELDS})
-    if saved.lora_rank and config != saved:
+    if saved.lora_rank and (config != saved or adapter is not None):
         raise CheckpointError(f"{path}: the checkpoint has LoRA adapters (rank {saved.lora_rank}); "
-                              "its LoRA settings cannot be changed when loading")
+                              "its LoRA settings cannot be changed, nor another adapter loaded onto it")
     _, _, variables = _abstract(saved)
     target = nest({p: jax.ShapeDtypeStruct(v.get_value().shape, config.weight_dtype, sharding=_sharding(v, mesh))
                     for p, v in variables.items()})
@@ -158,7 +183,7 @@ def _load_jaxmath(path: Path, mesh: Mesh | None, options: Mapping[str, Any], num
         raise CheckpointError(f"{params_dir}: cannot restore parameters ({err})") from err
     arrays = traverse_util.flatten_dict(restored).items()
     config, new_head = _reheaded(config, num_labels)
-    return _assemble(config, _without_head(arrays) if new_head else arrays, mesh, new_head)
+    return _assemble(config, _adapted(_without_head(arrays) if new_head else arrays, adapter, config), mesh, new_head)
 
 
 def _stored_params(path: Path) -> tuple[ModelConfig, dict[str, Any]]:

@@ -11,6 +11,7 @@ from jaxmath.models.config import REMAT_POLICIES
 from jaxmath.objectives.grpo import ADVANTAGE_ESTIMATORS, GRPOConfig
 from jaxmath.objectives.dpo import DPOConfig
 from jaxmath.parallel import MeshConfig
+from jaxmath.tracking import LoggingSection
 from jaxmath.train.optimizer import OptimizerConfig
 from jaxmath.verify.sandbox import SandboxConfig
 
@@ -39,6 +40,8 @@ class ModelSection:
     attention_impl: str | None = "auto"  # or xla / chunked / cudnn / splash; null = auto (jaxmath.models.attention)
     seed: int = 0
     lora: LoraSection | None = None
+    # a PEFT LoRA adapter directory (or Hub id) loaded onto model.path; its settings replace model.lora
+    adapter: str | None = None
 
     def options(self) -> dict[str, Any]:
         """ModelConfig fields set by this section (runtime choices and LoRA). remat: auto is left out: the trainer
@@ -55,6 +58,9 @@ class ModelSection:
     def __post_init__(self) -> None:
         if (self.path is None) == (self.init is None):
             raise ValueError("set exactly one of model.path (pretrained weights) and model.init (random init)")
+        if self.adapter is not None and (self.path is None or self.lora is not None):
+            raise ValueError("model.adapter loads a PEFT adapter onto model.path and brings its own LoRA settings: "
+                             "set model.path, and remove model.lora")
         if self.remat not in ("auto", *REMAT_POLICIES):
             raise ValueError(f"model.remat={self.remat!r}; expected auto or one of {REMAT_POLICIES}")
 
@@ -90,10 +96,17 @@ class TrainSection:
     max_bad_steps: int = 5  # stop after this many consecutive non-finite steps
     seed: int = 0
     export_hf: bool = True  # write final_model/ (jaxmath) and hf/ (transformers) at the end
+    push_to_hub: str | None = None  # "user/name": upload hf/ with a generated model card after the export
+    hub_private: bool = False  # create that repository private
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.log_every < 1:
             raise ValueError(f"train.steps and train.log_every must be >= 1, got {self.steps}, {self.log_every}")
+        if self.push_to_hub is not None:
+            from jaxmath.train.publish import check_repo_id
+            if not self.export_hf:
+                raise ValueError("train.push_to_hub uploads the final HF export: it needs train.export_hf: true")
+            check_repo_id(self.push_to_hub, "train.push_to_hub")
         if self.eval_every % self.log_every:
             raise ValueError(f"train.eval_every={self.eval_every} must be a multiple of "
                              f"train.log_every={self.log_every} (eval results are logged with the step's row)")
@@ -204,6 +217,7 @@ class TrainConfig:
     dpo: DPOSection | None = None  # objective dpo (defaults when absent)
     prm: PRMSection | None = None  # objective prm (defaults when absent)
     sandbox: SandboxConfig = dataclasses.field(default_factory=SandboxConfig)  # GRPO: layers programs must get
+    logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)  # e.g. {wandb: {project: ...}}
 
     def __post_init__(self) -> None:
         for name, section_type in (("dpo", DPOSection), ("prm", PRMSection)):

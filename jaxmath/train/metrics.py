@@ -41,15 +41,23 @@ def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard and, when the
+    run's config has `logging.wandb`, to Weights & Biases (with the resolved config, sample tables and the
+    final summary). Only an enabled writer (process 0) writes anything."""
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True):
+    def __init__(self, output_dir: str | Path, enabled: bool = True, config: Any | None = None):
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self.tensorboard = None
+        self.wandb = None
         if enabled:
             from tensorboardX import SummaryWriter
             self.tensorboard = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+            wandb_config = getattr(getattr(config, "logging", None), "wandb", None)
+            if wandb_config is not None:
+                from jaxmath.config import to_dict
+                from jaxmath.tracking import WandbRun
+                self.wandb = WandbRun(wandb_config, to_dict(config), output_dir)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -61,10 +69,21 @@ class MetricsWriter:
             if key != "step" and isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(key, value, step)
         self.tensorboard.flush()
+        if self.wandb is not None:
+            self.wandb.log(step, row)
 
-    def close(self) -> None:
+    def samples(self, step: int, columns: Mapping[str, Any]) -> None:
+        """A table of sampled completions (column -> values per row) for W&B, every `samples_every` steps."""
+        if self.wandb is not None and self.wandb.wants_samples(step):
+            self.wandb.table(step, "samples", columns, rows=self.wandb.config.sample_rows)
+
+    def close(self, summary: Mapping[str, Any] | None = None) -> None:
+        """Flush and close; `summary` (the run's final figures) becomes the W&B run's summary."""
         if self.tensorboard is not None:
             self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.summary(summary or {})
+            self.wandb.finish()
 
 
 def _plain(value: Any) -> Any:

@@ -39,11 +39,11 @@ from jaxmath.train.checkpointing import TrainCheckpointer
 from jaxmath.train.config import GRPOSection, TrainConfig
 from jaxmath.train.metrics import MetricsWriter
 from jaxmath.train.preflight import check_outputs
-from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, reward_statistics, take_rows,
-                                   train_batch, useful_groups)
+from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, reward_statistics, sample_columns,
+                                   take_rows, train_batch, useful_groups)
 from jaxmath.train.state import init_train_state
 from jaxmath.train.trainer import (Run, TrainingError, abstract_state, build_run, evaluate_accuracy, export_final,
-                                   load_params, to_global)
+                                   load_params, push_final, to_global)
 from jaxmath.verify.sandbox import require_layers, shared_layers
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
                                       group_size=g.group_size, options=options).dataset)
     checkpointer = TrainCheckpointer(run.out / "checkpoints", keep=tc.keep_checkpoints)
     keeps_reference = g.loss.beta > 0.0 and g.ref_refresh_every > 0
-    writer = MetricsWriter(run.out, enabled=jax.process_index() == 0)
+    writer = MetricsWriter(run.out, enabled=jax.process_index() == 0, config=run.config)
     summary: dict[str, Any] = {"accuracy_before": None}
     ref_params = None
     if resume and checkpointer.latest_step() is not None:
@@ -312,6 +312,7 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
                                 f"(iteration {iteration}); stopping. Lower the learning rate.")
         totals = {key: sum(u[key] for u in updates) for key in updates[0]}
         row = _log_row(rl, iteration, stats, groups, totals, updates, time.perf_counter() - update_start)
+        writer.samples(iteration, sample_columns(groups))
         if keeps_reference and iteration % g.ref_refresh_every == 0:
             ref_params = rl.copy_params(state.params)
         if (tc.eval_every and iteration % tc.eval_every == 0) or iteration == tc.steps:
@@ -332,11 +333,12 @@ def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume
     checkpointer.wait()
     if tc.export_hf:
         export_final(run, state.params)
-    writer.close()
+        push_final(run)
     checkpointer.close()
     summary.update(steps=tc.steps, reward_mean=row.get("reward_mean"), accuracy=row.get("accuracy"),
                    output_dir=str(run.out))
     summary.setdefault("accuracy_after", None)
+    writer.close(summary)
     return summary
 
 

@@ -89,3 +89,17 @@ def reward_statistics(total: np.ndarray, per_function: Mapping[str, np.ndarray])
         stats[f"reward/{name}_mean"] = float(np.mean(scores))
         stats[f"reward/{name}_std"] = float(np.std(scores))
     return stats
+
+
+def sample_columns(groups: Mapping[str, np.ndarray]) -> dict[str, list]:
+    """An iteration's completions as table columns (prompt, completion, gold answer, reward, each reward
+    function's value, length, truncation), rows in rollout order, for the W&B samples table."""
+    records = groups["records"]
+    columns: dict[str, list] = {"prompt": [r.question for r in records], "completion": list(groups["texts"]),
+                                "answer": [r.answer for r in records],
+                                "reward": np.asarray(groups["rewards"], float).tolist()}
+    for name, values in groups["per_function"].items():
+        columns[f"reward_{name}"] = np.asarray(values, float).tolist()
+    columns["length"] = np.asarray(groups["lengths"]).tolist()
+    columns["truncated"] = np.asarray(groups["truncated"]).tolist()
+    return columns

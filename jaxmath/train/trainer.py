@@ -3,7 +3,8 @@ evaluation, checkpoints, final export. What differs per objective is in `jaxmath
 
 Everything a run writes lives in its output directory: config.yaml, metrics.jsonl, tensorboard/,
 checkpoints/<step>/ (resumable), tokenizer/, reference/ (DPO's precomputed reference log-probs), and at
-the end final_model/ (jaxmath) and hf/ (transformers; a PRM as `*ForTokenClassification`).
+the end final_model/ (jaxmath) and hf/ (transformers; a PRM as `*ForTokenClassification`), plus hf_adapter/
+(a PEFT adapter directory) for a LoRA run.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from jaxmath.checkpoint import peft_io
 from jaxmath.checkpoint.convert import model_config_from_hf, to_host
 from jaxmath.checkpoint.hub import resolve_model_dir
 from jaxmath.checkpoint.pretrained import (export_to_hf, from_pretrained, hf_config_of, is_jaxmath_dir,
@@ -43,10 +45,12 @@ from jaxmath.train.config import TrainConfig
 from jaxmath.train.metrics import MetricsWriter, peak_flops, train_flops_per_token
 from jaxmath.train.optimizer import make_optimizer
 from jaxmath.train.preflight import check_outputs, ensure_writable
+from jaxmath.train.publish import check_token, push_to_hub
 from jaxmath.train.state import (TrainState, init_train_state, param_shardings, partition, state_shardings,
                                  trainable_predicate)
 from jaxmath.train.step import ReferenceModel, batch_shardings, make_eval_step, make_train_step, to_global
 from jaxmath.train.tasks import Row, Task, task_for
+from jaxmath.tracking import check_wandb
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,8 @@ def model_config(config: TrainConfig, hf_config: Mapping[str, Any]) -> ModelConf
     """The model trained: the checkpoint's (or model.init's) architecture with the objective's head."""
     m = config.model
     runtime = m.options()
+    if m.adapter is not None:
+        runtime.update(peft_io.lora_options(resolve_model_dir(m.adapter)))
     path = resolve_model_dir(m.path, config_only=True) if m.path is not None else None
     if path is not None and is_jaxmath_dir(path):
         marker = json.loads((path / "jaxmath.json").read_text())
@@ -96,9 +102,11 @@ def load_params(config: TrainConfig, mconfig: ModelConfig, mesh: jax.sharding.Me
                 shardings: dict[str, Any], path: str | None = None) -> dict[str, Any]:
     """Pretrained weights placed on the mesh (from `path`, default model.path; a causal LM's decoder under a
     fresh head when `mconfig` is a classifier), or a random init created directly in its shards."""
+    adapter = config.model.adapter if path is None else None  # the policy's own weights: base + adapter
     path = path or config.model.path
     if path is not None:
         model = from_pretrained(resolve_model_dir(path), mesh=mesh, num_labels=mconfig.num_labels or None,
+                                adapter=None if adapter is None else resolve_model_dir(adapter),
                                 **config.model.options())
         params = nnx.to_pure_dict(nnx.state(model))
         got, want = jax.tree.map(np.shape, params), jax.tree.map(lambda s: s.shape, _abstract_params(mconfig))
@@ -418,6 +426,9 @@ def train(config: TrainConfig, output_dir: str | Path | None = None, resume: boo
           progress: bool = True) -> dict[str, Any]:
     """Run (or resume) training; returns a summary with the final loss and the last evaluation's figures
     (GRPO: rewards and held-out accuracy before and after)."""
+    check_wandb(config.logging.wandb)  # fail now, naming the fix, not after loading and training
+    if config.train.push_to_hub:
+        check_token()
     if config.objective == "grpo":
         from jaxmath.train.rl import train_grpo
         return train_grpo(config, output_dir, resume, progress)
@@ -441,10 +452,10 @@ def train(config: TrainConfig, output_dir: str | Path | None = None, resume: boo
     else:
         state = init_train_state(params, run.optimizer, tc.seed, run.shardings, run.trainable)
     del params  # the state holds them (and the step donates it)
-    writer = MetricsWriter(out, enabled=jax.process_index() == 0)
+    writer = MetricsWriter(out, enabled=jax.process_index() == 0, config=run.config)
     start = int(state.step)
     summary = _loop(run, state, data, checkpointer, writer, start, progress, reference)
-    writer.close()
+    writer.close(summary)
     checkpointer.close()
     return summary
 
@@ -508,15 +519,28 @@ def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckp
     checkpointer.wait()
     if tc.export_hf:
         export_final(run, state.params)
+        push_final(run)
     return {"steps": tc.steps, "final_loss": last_loss, "eval_loss": evaluation.get("eval_loss"), **evaluation,
             "eval_accuracy": summary_accuracy, "output_dir": str(run.out)}
 
 
 def export_final(run: Run, params: Any) -> None:
-    """final_model/ (jaxmath model directory) and hf/ (transformers checkpoint with the tokenizer)."""
+    """final_model/ (jaxmath model directory), hf/ (transformers checkpoint with the tokenizer, LoRA merged)
+    and, for a LoRA run, hf_adapter/ (the adapters alone, as a PEFT adapter directory for the base model)."""
     host = jax.tree.map(to_host, params)  # a collective on multi-host runs: every process takes part
     if jax.process_index() != 0:
         return
     side = sorted((run.out / "tokenizer").glob("*"))
     save_jaxmath(run.out / "final_model", host, run.model_config, run.hf_config, side, overwrite=True)
     export_to_hf(run.out / "final_model", run.out / "hf", overwrite=True)
+    if run.model_config.lora_rank:
+        base = run.config.model.path
+        peft_io.save_adapter(run.out / "hf_adapter", host, run.model_config, overwrite=True,
+                             base_model=None if base is None or is_jaxmath_dir(base) else base)
+
+
+def push_final(run: Run) -> None:
+    """Upload hf/ with a generated model card to `train.push_to_hub` (process 0), after the final export."""
+    if run.config.train.push_to_hub and jax.process_index() == 0:
+        url = push_to_hub(run.out / "hf", run.config.train.push_to_hub, private=run.config.train.hub_private)
+        log.info("pushed %s to %s", run.out / "hf", url)
