@@ -11,13 +11,10 @@ also scores every sample with a process reward model and reports prm@N, the accu
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -26,18 +23,15 @@ import jax
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from jaxmath.checkpoint import CheckpointError
-from jaxmath.data.formats import FORMATS, PromptFormat, get_format, render_messages, render_prompt
-from jaxmath.data.benchmarks import BENCHMARKS, load_benchmark
+from jaxmath.data.formats import PromptFormat, get_format, render_messages, render_prompt
+from jaxmath.data.benchmarks import load_benchmark
 from jaxmath.data.schema import Record
-from jaxmath.data.sources import SourceError
 from jaxmath.inference.completions import sample_completions
 from jaxmath.inference.config import Sampling, plain_text_stops, round_seed
 from jaxmath.inference.loading import load_for_generation
 from jaxmath.models import CausalLM
 from jaxmath.objectives.prm import STEP_AGGREGATIONS, aggregate_step_scores, best_of_n
 from jaxmath.verify import Verifier
-from jaxmath.verify.sandbox import LAYERS, SandboxUnavailable, require_layers
 
 if TYPE_CHECKING:
     from jaxmath.prm.scorer import PRMScorer
@@ -184,66 +178,3 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
             samples.flush()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Evaluate a model on math benchmarks: pass@1, maj@k and unbiased pass@k, written to --out."""
-    parser = argparse.ArgumentParser(prog=prog, description=main.__doc__)
-    parser.add_argument("--model", required=True, help="HF checkpoint directory or jaxmath model directory")
-    parser.add_argument("--benchmarks", nargs="+", required=True, metavar="NAME",
-                        help=f"benchmarks to run: {', '.join(BENCHMARKS)}")
-    parser.add_argument("--data-dir", default=os.environ.get("JAXMATH_DATA_DIR"),
-                        help="local benchmark folder (<dir>/<benchmark>/test.jsonl); default $JAXMATH_DATA_DIR, "
-                             "else the Hugging Face Hub")
-    parser.add_argument("--format", default="boxed", choices=sorted(FORMATS), help="prompt format (default boxed)")
-    parser.add_argument("--num-samples", type=int, default=1, help="samples per problem (k of maj@k and pass@k)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--min-p", type=float, default=0.0)
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                        help="stop string (repeatable); plain-text prompts stop at '\\nQuestion:' by default")
-    parser.add_argument("--batch-size", type=int, default=32, help="rows per generate call")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
-    parser.add_argument("--verifier-workers", type=int, default=None, help="grading processes (default: CPU cores)")
-    parser.add_argument("--fallback-last-number", action="store_true",
-                        help="grade the last number when no final-answer marker is found (base models)")
-    parser.add_argument("--repair-rounds", type=int, default=0, metavar="R",
-                        help="revise failed samples up to R times with the verifier's verdict (and the sandbox "
-                             "error for pot) as feedback; adds pass@1_after_repair_1..R")
-    parser.add_argument("--select", choices=["majority", "prm"], default="majority",
-                        help="how to pick one of the N samples besides pass@k: majority vote (maj@N, always "
-                             "reported) or also the top-scored by a process reward model (prm@N; needs --prm)")
-    parser.add_argument("--prm", default=None, metavar="PATH",
-                        help="PRM directory (jaxmath or HF token classifier, trained in --format) for --select prm")
-    parser.add_argument("--prm-aggregation", choices=sorted(STEP_AGGREGATIONS), default="min",
-                        help="how a sample's step scores become one score (default min)")
-    parser.add_argument("--require-sandbox", nargs="+", default=[], choices=LAYERS, metavar="LAYER",
-                        help="fail at start unless the program sandbox (--format pot runs each program there) gets "
-                             f"these isolation layers on this machine (layers: {', '.join(LAYERS)})")
-    parser.add_argument("--out", required=True, help="output directory for samples.jsonl and summary.json")
-    args = parser.parse_args(argv)
-    if (args.select == "prm") != (args.prm is not None):
-        parser.error("--select prm and --prm PATH go together")
-    if args.num_samples > 1 and args.temperature == 0.0:
-        print("warning: --num-samples > 1 with greedy decoding gives identical samples", file=sys.stderr)
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.min_p, args.seed,
-                        tuple(args.stop))
-    start = time.perf_counter()
-    try:
-        if args.require_sandbox:
-            require_layers(args.require_sandbox)
-        summary = evaluate(args.model, args.benchmarks, args.out, args.data_dir, args.format, args.num_samples,
-                           sampling, args.batch_size, args.limit, args.dtype, args.tokenizer, args.verifier_workers,
-                           args.fallback_last_number, args.repair_rounds, args.prm, args.prm_aggregation)
-    except (EvaluationError, SourceError, CheckpointError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(format_table(summary))
-    print(f"wrote {Path(args.out) / 'samples.jsonl'} and summary.json in {time.perf_counter() - start:.1f}s")
-    return 0

@@ -14,7 +14,7 @@ Multi-host: the same command on every host; jax.distributed starts from the SLUR
 """
 import sys
 
-from jaxmath.cli import train_main
+from jaxmath.commands.train import train_main
 
 if __name__ == "__main__":
     sys.exit(train_main())

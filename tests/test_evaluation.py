@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from jaxmath.data.tokenizer import train_tokenizer
-from jaxmath.evaluation import benchmark_metrics, format_table, main, majority_correct, pass_at_k
+from jaxmath.commands.evaluate import eval_main as main
+from jaxmath.evaluation import benchmark_metrics, format_table, majority_correct, pass_at_k
 from tiny_hf import tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"

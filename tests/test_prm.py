@@ -10,11 +10,12 @@ from flax import nnx
 
 from jaxmath.checkpoint.pretrained import save_jaxmath
 from jaxmath.commands import data as data_cli
+from jaxmath.commands.options import PRM_AGGREGATIONS
 from jaxmath.data.encode import STEP_SEPARATOR, encode_prm_trace
 from jaxmath.data.formats import get_format, render_prompt
 from jaxmath.data.pipelines import PipelineOptions, prm_pipeline
 from jaxmath.data.tokenizer import train_tokenizer
-from jaxmath.evaluation import main as evaluate_main
+from jaxmath.commands.evaluate import eval_main as evaluate_main
 from jaxmath.inference.completions import sample_completions
 from jaxmath.inference.config import Sampling
 from jaxmath.models import CausalLM, ModelConfig, build_model
@@ -365,7 +366,7 @@ def test_prm_filter_help(capsys):
         data_cli.main(["prm-filter", "--help"])
     assert exit_info.value.code == 0
     assert "--threshold" in capsys.readouterr().out
-    assert data_cli.PRM_AGGREGATIONS == tuple(STEP_AGGREGATIONS)
+    assert PRM_AGGREGATIONS == tuple(STEP_AGGREGATIONS)
 
 
 # ---------------------------------------------------------------- evaluation --select prm

@@ -22,11 +22,10 @@ from jaxmath.data.decontaminate import NGRAM, THRESHOLD
 from jaxmath.data.formats import FORMATS
 from jaxmath.data.readers import BadRowError, FieldMap
 from jaxmath.data.sources import SOURCES, SourceError, describe_sources
+from jaxmath.commands.options import DTYPE_CHOICES, PRM_AGGREGATIONS
 from jaxmath.commands.synthesis import add_revise_parser, add_synthesize_parser
 from jaxmath.commands.synthesis import run as run_synthesis
 
-# jaxmath.objectives.prm.STEP_AGGREGATIONS, named here so `--help` does not import jax (a test checks they agree).
-PRM_AGGREGATIONS = ("min", "product", "last")
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
@@ -109,7 +108,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     f.add_argument("--format", default="boxed", choices=sorted(FORMATS),
                    help="prompt format the PRM was trained with, and the solutions' answer format (default boxed)")
     f.add_argument("--batch-size", type=int, default=16, help="traces per PRM forward pass (default 16)")
-    f.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+    f.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                    help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     f.add_argument("--verifier-workers", type=int, default=None,
                    help="grading processes for rows without a verdict (default: CPU cores)")

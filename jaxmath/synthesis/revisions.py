@@ -22,7 +22,8 @@ from jaxmath.synthesis.cache import CompletionCache, ask
 from jaxmath.synthesis.config import RevisionConfig, load_problems
 from jaxmath.synthesis.synthesize import (Progress, Tally, first_attempts, require_sandbox, sandbox_summary,
                                           solution_record, stderr_progress)
-from jaxmath.synthesis.teacher import Teacher, make_teacher
+from jaxmath.synthesis.teacher import Teacher
+from jaxmath.synthesis.teachers import make_teacher
 from jaxmath.verify import Verifier
 
 

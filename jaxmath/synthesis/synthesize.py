@@ -19,7 +19,8 @@ from jaxmath.data.schema import Record
 from jaxmath.revise import Attempt, check_attempts
 from jaxmath.synthesis.cache import AskCounts, CompletionCache, ask
 from jaxmath.synthesis.config import GenerationConfig, SynthesisConfig, load_problems
-from jaxmath.synthesis.teacher import Teacher, make_teacher
+from jaxmath.synthesis.teacher import Teacher
+from jaxmath.synthesis.teachers import make_teacher
 from jaxmath.verify import Verifier
 from jaxmath.verify.sandbox import require_layers, shared_sandbox
 
