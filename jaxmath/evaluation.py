@@ -23,9 +23,10 @@ import jax
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from jaxmath.data.formats import PromptFormat, get_format, render_messages, render_prompt
 from jaxmath.data.benchmarks import load_benchmark
+from jaxmath.data.formats import PromptFormat, get_format, render_messages, render_prompt
 from jaxmath.data.schema import Record
+from jaxmath.data.tables import format_table
 from jaxmath.inference.completions import sample_completions
 from jaxmath.inference.config import Sampling, plain_text_stops, round_seed
 from jaxmath.inference.loading import load_for_generation
@@ -84,16 +85,12 @@ def benchmark_metrics(answers: Sequence[Sequence[str | None]], correct: Sequence
     return {key: round(value, 6) for key, value in metrics.items()} | {"n": len(correct)}
 
 
-def format_table(summary: dict[str, dict[str, float]]) -> str:
+def summary_table(summary: dict[str, dict[str, float]]) -> str:
     """The summary as a text table: one row per benchmark, metrics in percent."""
     metrics = [m for m in dict.fromkeys(k for row in summary.values() for k in row) if m != "n"]
-    header = ["benchmark", "n", *metrics]
-    rows = [[name, str(row["n"]), *(f"{100 * row[m]:.1f}" if m in row else "-" for m in metrics)]
-            for name, row in summary.items()]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in [header, *rows]]
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+    return format_table([["benchmark", "n", *metrics]] + [
+        [name, str(row["n"]), *(f"{100 * row[m]:.1f}" if m in row else "-" for m in metrics)]
+        for name, row in summary.items()])
 
 
 def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, tokenizer: PreTrainedTokenizerBase,

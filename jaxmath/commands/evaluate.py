@@ -61,7 +61,7 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print("warning: --num-samples > 1 with greedy decoding gives identical samples", file=sys.stderr)
     from jaxmath.checkpoint import CheckpointError
     from jaxmath.data.sources import SourceError
-    from jaxmath.evaluation import EvaluationError, evaluate, format_table
+    from jaxmath.evaluation import EvaluationError, evaluate, summary_table
     from jaxmath.verify.sandbox import SandboxUnavailable, require_layers
 
     start = time.perf_counter()
@@ -75,6 +75,6 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (EvaluationError, SourceError, CheckpointError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(format_table(summary))
+    print(summary_table(summary))
     print(f"wrote {Path(args.out) / 'samples.jsonl'} and summary.json in {time.perf_counter() - start:.1f}s")
     return 0

@@ -34,7 +34,7 @@ from jaxmath.data.formats import get_format
 from jaxmath.data.pipelines import Pipeline, PipelineOptions
 from jaxmath.data.tokenizer import ensure_pad_token, load_tokenizer, train_tokenizer
 from jaxmath.models.attention import describe as describe_attention
-from jaxmath.models.config import ModelConfig
+from jaxmath.models.config import REMAT_POLICIES, ModelConfig
 from jaxmath.models.transformer import build_model
 from jaxmath.objectives import metric_means
 from jaxmath.parallel import initialize_distributed, make_mesh
@@ -291,8 +291,8 @@ def with_measured_remat(config: TrainConfig, output_dir: str | Path | None = Non
         return config
     options = _measure_remat(config, output_dir, stop_at_first_fit=True)
     chosen = remat.first_fit(options)
-    none_fits = len(remat.REMAT_ORDER)
-    index = none_fits if chosen is None else remat.REMAT_ORDER.index(chosen.remat)
+    none_fits = len(REMAT_POLICIES)
+    index = none_fits if chosen is None else REMAT_POLICIES.index(chosen.remat)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         index = int(multihost_utils.broadcast_one_to_all(np.int32(index)))
@@ -301,8 +301,8 @@ def with_measured_remat(config: TrainConfig, output_dir: str | Path | None = Non
         raise TrainingError(f"model.remat: auto found no remat policy whose train step fits this device:\n{table}\n"
                             "make micro-batches smaller (optimizer.grad_accum, data.batch_size, data.seq_len) or "
                             "shard the weights over more devices (mesh.fsdp)")
-    log.info("model.remat: auto chose %s\n%s", remat.REMAT_ORDER[index], table)
-    return _with_remat(config, remat.REMAT_ORDER[index])
+    log.info("model.remat: auto chose %s\n%s", REMAT_POLICIES[index], table)
+    return _with_remat(config, REMAT_POLICIES[index])
 
 
 def memory_report(state: TrainState, stats: Any) -> dict[str, float]:
