@@ -100,12 +100,14 @@ def sft_config(train_file: str, eval_file: str):
 
 def grpo_config(train_file: str):
     """The tiny GRPO loop test config for 2 iterations over `train_file`'s prompts, rollouts split over both
-    processes (weights sharded over fsdp=4 across the process boundary)."""
+    processes (weights sharded over fsdp=4 across the process boundary). One minibatch per pass: each process
+    shuffles its own rows into minibatches, so with several the processes' minibatches would hold other rows
+    than one process's."""
     from test_grpo_loop import tiny
 
     return tiny(mesh={"data": 2, "fsdp": 4, "tensor": 1}, train={"steps": 2, "save_every": 0},
                 data={"synthetic": {}, "train": [train_file], "eval_fraction": 0.0},
-                grpo={"ref_refresh_every": 0})
+                grpo={"ref_refresh_every": 0, "minibatches": 1})
 
 
 def grpo_run(output_dir: str, train_file: str) -> dict:
