@@ -146,7 +146,7 @@ def test_prm_resume_is_exact(prm_run, tmp_path):
 def test_prm_starts_from_a_causal_lm_with_a_fresh_head(tmp_path):
     hf = tiny_model("qwen2", vocab_size=400, seed=1)
     path = save_tiny(hf, tmp_path / "lm")
-    cfg = config(PRM, **{"model.path": str(path), "model.init": "null"})
+    cfg = config(PRM, **{"model.path": str(path), "model.init": "null", "data.tokenizer": str(path)})
     run = build_run(cfg, tmp_path / "run", with_data=False)
     assert run.model_config.num_labels == 2 and run.model_config.vocab_size == 400
     model = nnx.merge(run.graphdef, load_params(cfg, run.model_config, run.mesh, run.shardings.params))
@@ -158,8 +158,8 @@ def test_prm_starts_from_a_causal_lm_with_a_fresh_head(tmp_path):
     assert score.shape == (2, 64) and 0.01 < score.std() < 0.03 and not np.asarray(model.score_bias[...]).any()
     classifier = save_tiny(tiny_model("qwen2", token_classification=True, num_labels=2), tmp_path / "clf")
     with pytest.raises(ValueError, match="token classifier"):
-        build_run(config(DPO, **{"model.path": str(classifier), "model.init": "null"}), tmp_path / "x",
-                  with_data=False)
+        build_run(config(DPO, **{"model.path": str(classifier), "model.init": "null",
+                                 "data.tokenizer": str(classifier)}), tmp_path / "x", with_data=False)
 
 
 def test_dry_run_holds_the_on_the_fly_reference_in_memory(tmp_path):

@@ -303,7 +303,8 @@ class TrainConfig:
 def check_context(config: TrainConfig, max_positions: int, source: str) -> None:
     """The longest sequence the run builds fits the model's context; `source` names where max_positions is set."""
     if config.grpo is not None:
-        keys, length = "grpo.max_prompt_len + grpo.max_new_tokens", config.grpo.max_prompt_len + config.grpo.max_new_tokens
+        keys = "grpo.max_prompt_len + grpo.max_new_tokens"
+        length = config.grpo.max_prompt_len + config.grpo.max_new_tokens
     else:
         keys, length = "data.seq_len", config.data.seq_len
     if length > max_positions:

@@ -75,11 +75,11 @@ def state_shardings(params_sharding: dict[str, Any], optimizer: optax.GradientTr
     like its parameter (ZeRO: no device holds a whole moment that it does not hold of the parameter), found with
     `optax.tree_map_params`; counts and other non-parameter fields are replicated. (The output shardings of a
     compiled `optimizer.init` cannot serve: its zeros do not depend on the parameters and land on one device.)"""
-    trained = partition(abstract_params, trainable)[0]
-    is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)  # noqa: E731
-    opt_sharding = optax.tree_map_params(optimizer, lambda _, sharding: sharding, jax.eval_shape(optimizer.init, trained),
+    abstract_opt_state = jax.eval_shape(optimizer.init, partition(abstract_params, trainable)[0])
+    opt_sharding = optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_opt_state,
                                          partition(params_sharding, trainable)[0],
-                                         transform_non_params=lambda _: replicated(mesh), is_leaf=is_sharding)
+                                         transform_non_params=lambda _: replicated(mesh),
+                                         is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
     return TrainState(step=replicated(mesh), params=params_sharding, opt_state=opt_sharding, rng=replicated(mesh))
 
 
