@@ -66,6 +66,7 @@ def run_workers(*args: str, timeout: float = TIMEOUT_S) -> list[dict]:
     return sorted(results, key=lambda r: r["process"])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_eight_devices():
     results = run_workers()
     assert sorted(r["process"] for r in results) == [0, 1]

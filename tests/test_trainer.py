@@ -63,6 +63,7 @@ def reference_run(records, tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.slow
 def test_run_writes_every_file_and_learns(records, reference_run):
     out, summary = reference_run
     for name in ("config.yaml", "metrics.jsonl", "checkpoints", "tensorboard", "tokenizer", "final_model", "hf"):
@@ -107,6 +108,7 @@ sys.exit(train_main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_exact(records, reference_run, tmp_path):
     """Killed at step 11 (checkpoints every 2 steps, written asynchronously), resumed: every step's loss equals
     the uninterrupted run's, bit for bit."""
@@ -127,6 +129,7 @@ def test_resume_after_sigkill_is_bit_exact(records, reference_run, tmp_path):
     assert resumed == ref  # bit for bit: same floats for every step, killed or not
 
 
+@pytest.mark.slow
 def test_restore_onto_a_different_mesh(records, reference_run, tmp_path):
     """Continue the reference run (mesh 8x1x1) from its step-4 checkpoint on a (2, 4, 1) mesh."""
     ref_dir, _ = reference_run
@@ -140,6 +143,7 @@ def test_restore_onto_a_different_mesh(records, reference_run, tmp_path):
     np.testing.assert_allclose([got[5], got[6]], [ref[5], ref[6]], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_dry_run_memory_matches_the_config_shapes(records, tmp_path):
     """The dry run's per-device memory against counts from the config's shapes alone, on a data=2 x fsdp=4 mesh.
     Arguments: fp32 params and AdamW's two fp32 moments, matrices split over fsdp (ZeRO), norm scales and
