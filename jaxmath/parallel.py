@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,6 @@ def process_max(value: int) -> int:
     collectives (a collective itself: every process calls it)."""
     if jax.process_count() == 1:
         return value
-    from jax.experimental import multihost_utils
-
     return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))
 
 
@@ -177,14 +176,10 @@ def all_process_rows(tree: Any) -> Any:
     row order), so statistics cover every process's rows (a collective: every process calls it)."""
     if jax.process_count() == 1:
         return tree
-    from jax.experimental import multihost_utils
-
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def sync_processes(name: str) -> None:
     """Wait until every process reaches the barrier `name` (nothing to wait for in a single-process run)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
