@@ -142,6 +142,7 @@ def reference_config(path: Path, tokenizer: Path, prompts: Path, out: Path, beta
     raw["grpo"]["loss"]["beta"] = beta
     raw["grpo"]["minibatches"] = minibatches
     raw["train"] = {"steps": steps, "export_hf": False}
+    raw["optimizer"]["warmup_steps"] = 0  # a few timed iterations: a warmup longer than the run is refused
     return raw
 
 

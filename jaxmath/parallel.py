@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 log = logging.getLogger(__name__)
@@ -160,3 +161,25 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     log.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
     return jax.process_count() > 1
+
+
+def process_max(value: int) -> int:
+    """The largest `value` over all processes, e.g. how many batches each must run so that all run the same
+    collectives (a collective itself: every process calls it)."""
+    if jax.process_count() == 1:
+        return value
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))
+
+
+def all_process_rows(tree: Any) -> Any:
+    """Host arrays with a leading row axis, concatenated over processes in process order (the global batch's
+    row order), so statistics cover every process's rows (a collective: every process calls it)."""
+    if jax.process_count() == 1:
+        return tree
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def sync_processes(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (nothing to wait for in a single-process run)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

@@ -1,13 +1,17 @@
-"""Helper for test_distributed.py: 3 SFT train steps of a tiny model on fixed global batches.
+"""Helper for test_distributed.py: one process of a multi-process JAX job (started through
+jaxmath.parallel.initialize_distributed from JAXMATH_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID) that prints
+a JSON object as its last stdout line. The test imports the same functions and configs for its
+single-process references.
 
-Run as a script it is one process of a multi-process JAX job (started through
-jaxmath.parallel.initialize_distributed from JAXMATH_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID) and
-prints {"process": i, "losses": [...]} as its last stdout line. The test imports `train_losses` to get the
-single-process reference. Each process feeds only the rows its devices hold.
+    distributed_worker.py                          3 SFT train steps on fixed global batches ("losses")
+    distributed_worker.py sft OUT TRAIN EVAL       the SFT trainer: training, evaluation, HF export ("summary")
+    distributed_worker.py grpo OUT TRAIN           2 GRPO iterations ("rows": metrics.jsonl, "local_rewards")
 """
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -76,25 +80,61 @@ def train_losses() -> list[float]:
     return losses
 
 
-def grpo_losses(output_dir: str) -> list[float]:
-    """Update losses of 2 GRPO iterations (rollouts sharded over both processes) of the tiny loop test config."""
+def sft_config(train_file: str, eval_file: str):
+    """The tiny SFT run: 2 steps on `train_file`, then the loss over every row of `eval_file` (whose rows do not
+    split evenly over the processes), graded generation on 2 of them, and the export to final_model/ and hf/.
+    Batches split over both processes (data x fsdp = 2 x 4 devices)."""
+    from jaxmath.config import from_dict
+    from jaxmath.train.config import TrainConfig
+
+    model = {k: v for k, v in TINY_MODEL.items() if k != "vocab_size"}  # the fitted tokenizer's size
+    return from_dict(TrainConfig, {
+        "objective": "sft", "model": {"init": model}, "mesh": {"data": 2, "fsdp": 4, "tensor": 1},
+        "optimizer": {"lr": 1e-3, "schedule": "constant"},
+        "data": {"train": [train_file], "eval": [eval_file], "format": "boxed", "tokenizer": "train",
+                 "tokenizer_vocab_size": 300, "seq_len": 128, "batch_size": 8, "packing": None},
+        "train": {"steps": 2, "log_every": 1, "eval_batches": 16, "eval_generate": 2, "eval_max_new_tokens": 6,
+                  "save_every": 0, "export_hf": True},
+    })
+
+
+def grpo_config(train_file: str):
+    """The tiny GRPO loop test config for 2 iterations over `train_file`'s prompts, rollouts split over both
+    processes (weights sharded over fsdp=4 across the process boundary). One minibatch per pass: each process
+    shuffles its own rows into minibatches, so with several the processes' minibatches would hold other rows
+    than one process's."""
     from test_grpo_loop import tiny
 
-    from jaxmath.train.rl import train_grpo
+    return tiny(mesh={"data": 2, "fsdp": 4, "tensor": 1}, train={"steps": 2, "save_every": 0},
+                data={"synthetic": {}, "train": [train_file], "eval_fraction": 0.0},
+                grpo={"ref_refresh_every": 0, "minibatches": 1})
 
-    config = tiny(mesh={"data": 2, "fsdp": 4, "tensor": 1}, train={"steps": 2, "save_every": 0},
-                  grpo={"ref_refresh_every": 0})
-    train_grpo(config, output_dir, progress=False)
+
+def grpo_run(output_dir: str, train_file: str) -> dict:
+    """2 GRPO iterations; returns metrics.jsonl's rows (every process reads them after a barrier) and the
+    rewards of this process's own rollout rows, per iteration."""
     import jax
     from jax.experimental import multihost_utils
-    # Only process 0 writes metrics.jsonl; every process gets its losses through a broadcast.
-    rows = []
-    if jax.process_index() == 0:
-        rows = [json.loads(line)["loss"] for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [float(x) for x in multihost_utils.broadcast_one_to_all(np.asarray(rows or [0.0, 0.0]))]
+
+    import jaxmath.train.rl as rl
+
+    local_rewards = []
+    score = rl.score
+
+    def recording_score(*args):
+        scored = score(*args)
+        local_rewards.append([float(x) for x in scored["rewards"]])
+        return scored
+
+    rl.score = recording_score
+    rl.train_grpo(grpo_config(train_file), output_dir, progress=False)
+    multihost_utils.sync_global_devices("metrics written")
+    rows = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {"rows": rows, "local_rewards": local_rewards, "process": jax.process_index()}
 
 
 def main() -> int:
+    faulthandler.register(signal.SIGUSR1)  # a test that times out sees where each process waits
     from jaxmath.parallel import initialize_distributed
 
     if not initialize_distributed():
@@ -102,8 +142,17 @@ def main() -> int:
         return 2
     import jax
 
-    losses = grpo_losses(sys.argv[2]) if sys.argv[1:2] == ["grpo"] else train_losses()
-    print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(), "losses": losses}), flush=True)
+    mode, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("steps", [])
+    result = {"process": jax.process_index(), "devices": jax.device_count()}
+    if mode == "grpo":
+        result.update(grpo_run(*args))
+    elif mode == "sft":
+        from jaxmath.train.trainer import train
+
+        result["summary"] = train(sft_config(*args[1:]), args[0], progress=False)
+    else:
+        result["losses"] = train_losses()
+    print(json.dumps(result), flush=True)
     jax.distributed.shutdown()
     return 0
 

@@ -180,6 +180,7 @@ def test_existing_destination_is_kept(hf_dir, tmp_path):
     assert (out / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_command_line_scripts(hf_dir, tmp_path):
     run = lambda *args: subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)  # noqa
     for script in ("convert/hf_to_jax.py", "convert/jax_to_hf.py"):

@@ -9,10 +9,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from jaxmath.train.metrics import read_metrics
 
 
+@pytest.mark.slow
 def test_short_demo_grpo_raises_mean_reward(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     command = [sys.executable, "-m", "jaxmath.cli", "demo", "--output-dir", str(tmp_path), "--sft-steps", "40",

@@ -134,6 +134,7 @@ def test_rollout_sampling_is_one_nested_section_and_old_flat_keys_show_the_new_s
 # ---------------------------------------------------------------- the loop
 
 
+@pytest.mark.slow
 def test_sampler_logprobs_equal_the_loss_forward(tmp_path):
     """Old log-probs taken from the sampler equal a forward pass over the assembled batch (the layout the
     loss reads), so 'sampler' needs no extra pass."""
@@ -165,6 +166,7 @@ def _rows(path):
     return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_loop_logs_metrics_and_resumes_exactly(tmp_path):
     from jaxmath.train.rl import train_grpo
 

@@ -49,6 +49,7 @@ def test_token_classifier_matches_transformers(model_type, tmp_path):
     assert np.abs(ours - ref)[mask.astype(bool)].max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_packed_sequences_equal_each_sequence_alone():
     config = ModelConfig.from_hf(tiny_config("qwen3", head_dim=24).to_dict())
     model = build_model(config, seed=1)
@@ -110,6 +111,7 @@ def test_unknown_model_type_is_rejected():
         ModelConfig.from_hf(hf)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32():
     config = ModelConfig.from_hf(tiny_config("qwen2").to_dict())
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 128, (2, 16)))
@@ -119,6 +121,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     assert np.abs(np.asarray(low, np.float32) - ref).max() < 0.05 * np.abs(ref).max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["full", "dots", "dots_no_batch"])
 def test_remat_policies_leave_gradients_unchanged(remat):
     from flax import nnx
@@ -145,6 +148,7 @@ def test_num_params_matches_the_built_model():
         assert config.num_params() == counted == hf_count
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
 def test_kv_cache_prefill_then_decode_equals_full_forward(model_type):
     from jaxmath.models import KVCache
@@ -165,6 +169,7 @@ def test_kv_cache_prefill_then_decode_equals_full_forward(model_type):
         np.testing.assert_allclose(np.asarray(logits)[:, 0], ref[:, t], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_lora_adapters_start_at_the_base_model_and_merge_exactly(tmp_path):
     from flax import nnx, traverse_util
     from jaxmath.models.lora import is_lora_path, merge_lora

@@ -120,6 +120,7 @@ def pair_batch(pairs=8, length=12, prompt=4, vocab=64, seed=0):
     return batch
 
 
+@pytest.mark.slow
 def test_dpo_adapter_matches_numpy_then_learns_on_an_eight_device_mesh():
     """IPO (length-normalised) through the sharded step: the first loss equals numpy's, then it falls."""
     model = tiny_model()
@@ -219,6 +220,7 @@ def test_step_score_aggregation_and_best_of_n():
         aggregate_step_scores([], "min")
 
 
+@pytest.mark.slow
 def test_prm_adapter_learns_on_an_eight_device_mesh():
     rng = np.random.default_rng(0)
     ids = rng.integers(1, 64, (8, 16)).astype(np.int32)

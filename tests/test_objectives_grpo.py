@@ -235,6 +235,7 @@ def test_registry_builds_losses_and_rejects_unknown_names():
 # ---------------------------------------------------------------- the adapter through the train step
 
 
+@pytest.mark.slow
 def test_grpo_adapter_learns_on_an_eight_device_mesh():
     rows, prompt, length = 8, 6, 16
     rng = np.random.default_rng(0)

@@ -15,6 +15,7 @@ from jaxmath.pipeline import DONE, PipelineConfig, run_pipeline
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_runs_end_to_end_and_resumes_by_stage(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the configs name their files relative to the repository
     config = load_config(PipelineConfig, "configs/pipeline/tiny-cpu.yaml")

@@ -131,6 +131,7 @@ def test_label_solutions_grades_with_the_verifier():
 # ---------------------------------------------------------------- labels from Monte-Carlo rollouts
 
 
+@pytest.mark.slow
 def test_monte_carlo_labels_follow_the_rollouts(tmp_path):
     """A scripted policy answers \\boxed{18} or \\boxed{28} by a coin flip after any step; a step is good when
     at least one of its rollouts reaches the gold answer, and the soft label is the share that do."""
@@ -181,6 +182,7 @@ def prm_config(tokenizer) -> ModelConfig:
     return ModelConfig.from_hf(PRM_HF_CONFIG | {"vocab_size": len(tokenizer)}, num_labels=2)
 
 
+@pytest.mark.slow
 def test_scorer_reads_the_trained_positions_like_a_direct_forward(tokenizer):
     model = build_model(prm_config(tokenizer), seed=1)
     traces = [("Start with 9. Subtract 2, then add 1. What is the result?", ["9 - 2 = 7", "7 + 1 = 8"]),
@@ -248,6 +250,7 @@ def held_out():
     return chain_problems(60, seed=1, **DETECTABLE)
 
 
+@pytest.mark.slow
 def test_trained_prm_separates_good_from_bad_steps(trained, held_out):
     losses = trained["losses"]
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
@@ -257,6 +260,7 @@ def test_trained_prm_separates_good_from_bad_steps(trained, held_out):
     assert roc_auc(np.concatenate(scores), labels) >= 0.9
 
 
+@pytest.mark.slow
 def test_best_of_n_with_the_trained_prm_beats_a_random_pick(trained, held_out):
     scorer = trained["scorer"]
     best, random_pick = [], []
@@ -269,6 +273,7 @@ def test_best_of_n_with_the_trained_prm_beats_a_random_pick(trained, held_out):
     assert np.mean(best) >= 0.9
 
 
+@pytest.mark.slow
 def test_saved_prm_loads_and_scores_the_same(trained, held_out):
     loaded = PRMScorer.from_pretrained(trained["path"], FMT, dtype="float32", progress=False)
     traces = [(p["question"], c["steps"]) for p in held_out[:3] for c in p["candidates"]]
@@ -296,6 +301,7 @@ def filter_rows(held_out):
     return rows
 
 
+@pytest.mark.slow
 def test_prm_filter_keeps_correct_solutions_the_prm_rates_highly(trained, held_out):
     rows = filter_rows(held_out)
     with Verifier(workers=1) as verifier:
@@ -312,6 +318,7 @@ def test_prm_filter_keeps_correct_solutions_the_prm_rates_highly(trained, held_o
         prm_filter([{"question": "q", "completion": "1 + 1 = 2"}], trained["scorer"])
 
 
+@pytest.mark.slow
 def test_prm_step_bonus_is_a_reward_function(trained, held_out):
     p = held_out[0]
     good = next(c for c in p["candidates"] if c["correct"])
@@ -330,6 +337,7 @@ def test_prm_step_bonus_is_a_reward_function(trained, held_out):
         prm_step_bonus(trained["scorer"], how="mean")
 
 
+@pytest.mark.slow
 def test_prm_steps_is_a_registered_reward_grpo_configs_can_weight(trained, held_out):
     from jaxmath.rewards import combine_rewards
 
@@ -345,6 +353,7 @@ def test_prm_steps_is_a_registered_reward_grpo_configs_can_weight(trained, held_
         combine_rewards(completions, examples, {"prm_steps": 1.0})
 
 
+@pytest.mark.slow
 def test_prm_filter_command(trained, held_out, tmp_path, capsys):
     rows = filter_rows(held_out)
     source = tmp_path / "samples.jsonl"
@@ -372,6 +381,7 @@ def test_prm_filter_help(capsys):
 # ---------------------------------------------------------------- evaluation --select prm
 
 
+@pytest.mark.slow
 def test_evaluate_selects_with_a_prm_end_to_end(trained, tmp_path, capsys):
     """The scripted policy answers 18 or 28 by coin flip; the PRM scores every sample and prm@4 grades the
     top-scored one of each problem."""

@@ -103,6 +103,7 @@ def test_eos_stops_each_row_and_pads_after(qwen2):
     np.testing.assert_array_equal(np.asarray(out.sequences)[:, :reference.shape[1]], reference)
 
 
+@pytest.mark.slow
 def test_top_k_one_equals_greedy_and_sampling_is_seeded(qwen2):
     _, model = qwen2
     ids, mask = prompts()
@@ -201,6 +202,7 @@ def test_stop_string_hits_equal_a_host_search():
         assert (ours[0] if ours.size else None) == first, (row, sequences[row])
 
 
+@pytest.mark.slow
 def test_stop_strings_end_rows_in_generation(tmp_path):
     tokenizer = train_tokenizer(["The answer is 42. Then 17 + 25 = 42 and so on."] * 20, vocab_size=300)
     model = jaxmath.from_pretrained(save_tiny(tiny_model("qwen2", seed=3, vocab_size=len(tokenizer)), tmp_path))

@@ -42,6 +42,7 @@ def run(mesh_shape, steps=3, **opt_kwargs):
     return losses, jax.tree.map(np.asarray, state.params)
 
 
+@pytest.mark.slow
 def test_loss_falls_when_overfitting():
     state, step = setup((8, 1, 1))
     batch = tiny_batch()
@@ -52,6 +53,7 @@ def test_loss_falls_when_overfitting():
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.slow
 def test_step_loss_is_the_masked_token_mean():
     config = ModelConfig.from_hf(tiny_config("qwen2").to_dict())
     model = build_model(config, seed=0)
@@ -72,6 +74,7 @@ def test_step_loss_is_the_masked_token_mean():
     assert float(num) / float(den) == pytest.approx(total / count, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_same_losses_and_params_on_every_mesh():
     ref_losses, ref_params = run((8, 1, 1))
     for shape in [(2, 4, 1), (1, 4, 2)]:
@@ -81,6 +84,7 @@ def test_same_losses_and_params_on_every_mesh():
             np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch():
     full_losses, full_params = run((8, 1, 1), steps=2)
     acc_losses, acc_params = run((8, 1, 1), steps=2, grad_accum=4)  # 4 micro-batches of 2 rows
@@ -115,6 +119,7 @@ def test_schedule_warmup_then_cosine():
     assert values[14] == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_lora_trains_only_the_adapters():
     from flax import traverse_util
     from jaxmath.models.lora import is_lora_path
@@ -139,6 +144,7 @@ def test_lora_trains_only_the_adapters():
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_frozen_groups_get_no_updates():
     from flax import traverse_util
     from jaxmath.train.state import trainable_predicate
@@ -152,6 +158,7 @@ def test_frozen_groups_get_no_updates():
         assert np.array_equal(after[key], before[key]) == frozen, key
 
 
+@pytest.mark.slow
 def test_chunked_vocabulary_projection_equals_the_full_one():
     from flax import nnx
     from jaxmath.objectives.sft import chunked_target_log_probs, token_log_probs

@@ -54,6 +54,7 @@ def dpo_runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_dpo_learns_and_reports_reward_metrics(dpo_runs):
     run_dir, summary = dpo_runs["precompute"], dpo_runs["precompute", "summary"]
     steps = losses(run_dir)
@@ -69,6 +70,7 @@ def test_dpo_learns_and_reports_reward_metrics(dpo_runs):
     assert (tables["train"] < 0).all()  # summed log-probs of real responses
 
 
+@pytest.mark.slow
 def test_precomputed_reference_equals_the_on_the_fly_one(dpo_runs):
     precomputed, on_the_fly = losses(dpo_runs["precompute"]), losses(dpo_runs["on_the_fly"])
     assert sorted(precomputed) == sorted(on_the_fly) == list(range(1, 7))
@@ -79,6 +81,7 @@ def test_precomputed_reference_equals_the_on_the_fly_one(dpo_runs):
     assert not (dpo_runs["on_the_fly"] / "reference").exists()
 
 
+@pytest.mark.slow
 def test_dpo_resume_reads_the_saved_reference_and_is_exact(dpo_runs, tmp_path, monkeypatch):
     train(config(DPO, **{"train.steps": 3}), tmp_path, progress=False)
     monkeypatch.setattr(trainer, "precompute_reference", lambda *a: pytest.fail("reference recomputed on resume"))
@@ -96,6 +99,7 @@ def prm_run(tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.slow
 def test_prm_learns_and_reports_step_accuracy_and_auc(prm_run):
     out, summary = prm_run
     assert losses(out)[1] == pytest.approx(np.log(2), abs=0.05)  # a fresh 2-label head is near chance
@@ -112,6 +116,7 @@ def pooled_auc(scores, labels):
     return float(np.mean((good[:, None] > bad[None, :]) + 0.5 * (good[:, None] == bad[None, :])))
 
 
+@pytest.mark.slow
 def test_prm_export_scores_like_transformers_and_its_auc_matches(prm_run):
     out, summary = prm_run
     hf = transformers.AutoModelForTokenClassification.from_pretrained(out / "hf").eval()
@@ -135,6 +140,7 @@ def test_prm_export_scores_like_transformers_and_its_auc_matches(prm_run):
     assert summary["eval_step_auc"] == pytest.approx(pooled_auc(scores, labels), abs=1e-3)  # near-ties may flip
 
 
+@pytest.mark.slow
 def test_prm_resume_is_exact(prm_run, tmp_path):
     ref_dir, _ = prm_run
     train(config(PRM, **{"train.steps": 4, "train.save_every": 4}), tmp_path, progress=False)
@@ -146,7 +152,7 @@ def test_prm_resume_is_exact(prm_run, tmp_path):
 def test_prm_starts_from_a_causal_lm_with_a_fresh_head(tmp_path):
     hf = tiny_model("qwen2", vocab_size=400, seed=1)
     path = save_tiny(hf, tmp_path / "lm")
-    cfg = config(PRM, **{"model.path": str(path), "model.init": "null"})
+    cfg = config(PRM, **{"model.path": str(path), "model.init": "null", "data.tokenizer": str(path)})
     run = build_run(cfg, tmp_path / "run", with_data=False)
     assert run.model_config.num_labels == 2 and run.model_config.vocab_size == 400
     model = nnx.merge(run.graphdef, load_params(cfg, run.model_config, run.mesh, run.shardings.params))
@@ -158,10 +164,11 @@ def test_prm_starts_from_a_causal_lm_with_a_fresh_head(tmp_path):
     assert score.shape == (2, 64) and 0.01 < score.std() < 0.03 and not np.asarray(model.score_bias[...]).any()
     classifier = save_tiny(tiny_model("qwen2", token_classification=True, num_labels=2), tmp_path / "clf")
     with pytest.raises(ValueError, match="token classifier"):
-        build_run(config(DPO, **{"model.path": str(classifier), "model.init": "null"}), tmp_path / "x",
-                  with_data=False)
+        build_run(config(DPO, **{"model.path": str(classifier), "model.init": "null",
+                                 "data.tokenizer": str(classifier)}), tmp_path / "x", with_data=False)
 
 
+@pytest.mark.slow
 def test_dry_run_holds_the_on_the_fly_reference_in_memory(tmp_path):
     precompute = dry_run(config(DPO), tmp_path / "a")
     on_the_fly = dry_run(config(DPO, **{"dpo.reference": "on_the_fly"}), tmp_path / "b")

@@ -141,19 +141,36 @@ def _with_context(info: type_handlers.ParamInfo, resources: Mapping[str, Any]) -
     return info
 
 
-def _handler() -> ocp.PyTreeCheckpointHandler:
+def _checkpointer(local: bool) -> ocp.Checkpointer:
+    """An Orbax checkpointer for parameter trees. `local`: the tree is host data of this process alone, so
+    Orbax syncs with no other process (its barriers would wait for processes that never call); else every
+    process of a multi-process job must call it, as for any collective."""
+    options = ocp.options.MultiprocessingOptions()
+    if local:
+        options = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                                     active_processes={jax.process_index()})
     host = _HostArrayHandler()
     registry = type_handlers.create_type_handler_registry(
         (HostArraySource, host),
         (np.ndarray, host),
         (jax.Array, type_handlers.ArrayHandler()))
     # Orbax's default layout (OCDBT), uncompressed: weights barely compress and zstd costs seconds per GB.
-    return ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=registry)
+    handler = ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=registry,
+                                          multiprocessing_options=options)
+    return ocp.Checkpointer(handler, multiprocessing_options=options)
 
 
 def save_params(directory: Path, params: Mapping[str, Any]) -> None:
-    """Write a nested dict of host arrays, jax arrays or `HostArraySource`s as an Orbax PyTree checkpoint."""
-    ocp.Checkpointer(_handler()).save(Path(directory).absolute(), args=ocp.args.PyTreeSave(dict(params)))
+    """Write a nested dict of host arrays, jax arrays or `HostArraySource`s as an Orbax PyTree checkpoint.
+
+    In a multi-process job, a tree holding arrays sharded over several processes is saved collectively (every
+    process calls this); a tree of host data is written by process 0 alone (Orbax writes host arrays from
+    process 0 only, so other processes cannot write one)."""
+    local = all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in jax.tree.leaves(dict(params)))
+    if local and jax.process_index() != 0:
+        raise RuntimeError(f"{directory}: host arrays are saved by process 0 only; this is process "
+                           f"{jax.process_index()}")
+    _checkpointer(local).save(Path(directory).absolute(), args=ocp.args.PyTreeSave(dict(params)))
 
 
 def nest(flat: Mapping[PathTuple, Any]) -> dict[str, Any]:
@@ -177,9 +194,10 @@ def leaf(tree: Mapping[str, Any], path: PathTuple) -> Any:
 
 
 def restore_leaf(directory: Path, path: PathTuple) -> np.ndarray:
-    """One parameter of a checkpoint as a numpy array in its stored dtype; nothing else is read."""
+    """One parameter of a checkpoint as a numpy array in its stored dtype; nothing else is read. Host data:
+    any process may call it alone."""
     try:
-        restored = ocp.Checkpointer(_handler()).restore(
+        restored = _checkpointer(local=True).restore(
             Path(directory).absolute(),
             args=ocp.args.PyTreeRestore(item=nest({path: 0}), partial_restore=True,
                                         restore_args=nest({path: ocp.RestoreArgs(restore_type=np.ndarray)})))

@@ -113,6 +113,19 @@ class TrainSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class GRPOLossSection(GRPOConfig):
+    """grpo.loss: the GRPO loss settings (`jaxmath.objectives.GRPOConfig`). Dr. GRPO's `constant` aggregation
+    divides by the generation budget, so `max_completion_length` may be left out: the grpo section sets it to
+    grpo.sampling.max_new_tokens (and refuses any other value)."""
+
+    def __post_init__(self) -> None:
+        if self.aggregation == "constant" and self.max_completion_length is None:
+            dataclasses.replace(self, max_completion_length=1)  # GRPOConfig's other checks (a placeholder length)
+        else:
+            super().__post_init__()
+
+
+@dataclasses.dataclass(frozen=True)
 class GRPOSection:
     """GRPO rollouts and updates: `group_size` completions for each of `prompts_per_step` prompts, rewarded by
     the named reward functions, turned into group advantages and used for `mu` passes over `minibatches`
@@ -131,13 +144,13 @@ class GRPOSection:
     rewards: dict[str, float] = dataclasses.field(default_factory=lambda: {"correctness": 1.0})
     reward_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     advantage: str = "grpo"  # grpo | grpo_no_std (Dr. GRPO) | rloo
-    loss: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
+    loss: GRPOLossSection = dataclasses.field(default_factory=GRPOLossSection)
     mu: int = 1  # optimisation passes over each rollout batch
     minibatches: int = 1  # optimizer updates per pass
     # pi_old: "sampler" takes the log-probs the sampler computed for each drawn token (the unwarped policy,
     # as the loss computes it; equal to a forward pass up to float error); "recompute" runs that forward pass
     old_logprobs: Literal["sampler", "recompute"] = "sampler"
-    # Completions cut off at max_new_tokens: "zero" reward, DAPO's soft "penalty" over the last
+    # Completions cut off at sampling.max_new_tokens: "zero" reward, DAPO's soft "penalty" over the last
     # `overlong_buffer` tokens, "mask" them out of the loss, or "none"
     overlong: Literal["none", "zero", "penalty", "mask"] = "zero"
     overlong_buffer: int = 0
@@ -169,6 +182,26 @@ class GRPOSection:
         stray = sorted(set(self.reward_params) - set(self.rewards))
         if stray:
             raise ValueError(f"grpo.reward_params given for {stray}, which are not in grpo.rewards")
+        self._check_loss()
+
+    def _check_loss(self) -> None:
+        """Dr. GRPO's constant is the generation budget; a reference refresh needs a reference (beta > 0)."""
+        loss = self.loss
+        if loss.aggregation == "constant":
+            if loss.max_completion_length is None:
+                budget = self.sampling.max_new_tokens
+                object.__setattr__(self, "loss", dataclasses.replace(loss, max_completion_length=budget))
+            elif loss.max_completion_length != self.sampling.max_new_tokens:
+                raise ValueError(f"grpo.loss.max_completion_length={loss.max_completion_length} differs from "
+                                 f"grpo.sampling.max_new_tokens={self.sampling.max_new_tokens}: Dr. GRPO's constant "
+                                 "aggregation divides by the generation budget; leave grpo.loss.max_completion_length "
+                                 "unset (it follows grpo.sampling.max_new_tokens)")
+        elif loss.max_completion_length is not None:
+            raise ValueError(f"grpo.loss.max_completion_length is read only by grpo.loss.aggregation=constant, not "
+                             f"grpo.loss.aggregation={loss.aggregation!r}")
+        if self.ref_refresh_every and loss.beta == 0.0:
+            raise ValueError(f"grpo.ref_refresh_every={self.ref_refresh_every} refreshes a reference policy that "
+                             "grpo.loss.beta=0 never uses (no KL term): set one of them to 0")
 
     @property
     def rows(self) -> int:
@@ -235,8 +268,72 @@ class TrainConfig:
         if self.grpo is not None:
             minibatch = self.grpo.rows // self.grpo.minibatches
             if minibatch % self.optimizer.grad_accum:
-                raise ValueError(f"a GRPO minibatch of {minibatch} rows is not a multiple of "
-                                 f"optimizer.grad_accum={self.optimizer.grad_accum}")
+                raise ValueError(f"a GRPO minibatch of {minibatch} rows (grpo.prompts_per_step * grpo.group_size / "
+                                 f"grpo.minibatches) is not a multiple of optimizer.grad_accum="
+                                 f"{self.optimizer.grad_accum}")
         elif self.data.batch_size % self.optimizer.grad_accum:
             raise ValueError(f"data.batch_size={self.data.batch_size} is not a multiple of "
                              f"optimizer.grad_accum={self.optimizer.grad_accum}")
+        self._check_model()
+        self._check_schedule()
+        self._check_evaluation()
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer updates in the whole run: train.steps, times grpo.mu * grpo.minibatches for GRPO."""
+        return self.train.steps * (self.grpo.mu * self.grpo.minibatches if self.grpo is not None else 1)
+
+    def _check_model(self) -> None:
+        """A fitted tokenizer needs a freshly initialised model as large as its vocabulary; sequences fit the
+        model's context (checked again against a pretrained model's config.json when the run is built)."""
+        init = self.model.init or {}
+        if self.data.tokenizer == "train":
+            if self.model.path is not None:
+                raise ValueError(f"data.tokenizer=train fits a new vocabulary, which the embeddings of model.path="
+                                 f"{self.model.path} do not know: set data.tokenizer to model.path's tokenizer")
+            if "vocab_size" in init and init["vocab_size"] < self.data.tokenizer_vocab_size:
+                raise ValueError(f"model.init.vocab_size={init['vocab_size']} is below data.tokenizer_vocab_size="
+                                 f"{self.data.tokenizer_vocab_size}, the fitted tokenizer's size")
+        if "max_position_embeddings" in init:
+            check_context(self, init["max_position_embeddings"], "model.init.max_position_embeddings")
+
+    def _check_schedule(self) -> None:
+        """Warmup ends within the run, and a schedule decaying to 0 does not end before the run does."""
+        o, steps = self.optimizer, self.optimizer_steps
+        what = "train.steps" if self.grpo is None else "train.steps * grpo.mu * grpo.minibatches"
+        horizon = (f"optimizer.total_steps={o.total_steps}" if o.total_steps is not None
+                   else f"the run's {steps} optimizer steps ({what})")
+        if o.warmup_steps > (o.total_steps or steps):
+            raise ValueError(f"optimizer.warmup_steps={o.warmup_steps} exceeds the schedule's horizon, {horizon}: "
+                             "the learning rate would never reach optimizer.lr")
+        if o.total_steps is not None and o.total_steps < steps and o.schedule != "constant" and o.min_lr_ratio == 0:
+            raise ValueError(f"optimizer.total_steps={o.total_steps} is below the run's {steps} optimizer steps "
+                             f"({what}): with optimizer.schedule={o.schedule} and optimizer.min_lr_ratio=0 the "
+                             "last steps would train at learning rate 0")
+
+    def _check_evaluation(self) -> None:
+        """Evaluation and checkpoint cadences fall within the run, and evaluation has held-out data."""
+        t = self.train
+        for key in ("eval_every", "save_every"):
+            if getattr(t, key) > t.steps:
+                raise ValueError(f"train.{key}={getattr(t, key)} exceeds train.steps={t.steps}: it would never "
+                                 f"trigger (set train.{key}=0 for the end of the run only)")
+        held_out = bool(self.data.eval) or self.data.eval_fraction > 0
+        for key in ("eval_every", "eval_generate"):
+            if getattr(t, key) and not held_out:
+                raise ValueError(f"train.{key}={getattr(t, key)} but there is no held-out data: set data.eval "
+                                 "files or data.eval_fraction")
+        if self.objective == "grpo" and t.eval_every and not t.eval_generate:
+            raise ValueError(f"train.eval_every={t.eval_every} with train.eval_generate=0: GRPO evaluates only by "
+                             "graded generation, so nothing would be evaluated")
+
+
+def check_context(config: TrainConfig, max_positions: int, source: str) -> None:
+    """The longest sequence the run builds fits the model's context; `source` names where max_positions is set."""
+    if config.grpo is not None:
+        keys = "grpo.max_prompt_len + grpo.sampling.max_new_tokens"
+        length = config.grpo.max_prompt_len + config.grpo.sampling.max_new_tokens
+    else:
+        keys, length = "data.seq_len", config.data.seq_len
+    if length > max_positions:
+        raise ValueError(f"{keys} = {length} exceeds {source} = {max_positions}")

@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from jaxmath.parallel import BATCH_AXES
+from jaxmath.parallel import BATCH_AXES, process_max
 from jaxmath.train.step import to_global
 
 Forward = Callable[[Any, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
@@ -28,13 +28,6 @@ def reference_file(out: Path) -> Path:
     return out / "reference" / f"process{jax.process_index()}-of-{jax.process_count()}.npz"
 
 
-def _global_max(value: int) -> int:
-    """The largest `value` over all processes (every process must run the same number of passes)."""
-    if jax.process_count() == 1:
-        return value
-    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))
-
-
 def precompute(forward: Forward, params: Any, batches: Iterable[Mapping[str, np.ndarray]], num_examples: int,
                columns: Sequence[str], padding: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding],
                mesh: Mesh, desc: str = "reference") -> np.ndarray:
@@ -42,7 +35,7 @@ def precompute(forward: Forward, params: Any, batches: Iterable[Mapping[str, np.
     examples, read from `batches` (per-process rows, examples first, padding rows after). Processes whose
     data runs out early feed `padding` batches so all of them run the same jitted passes."""
     rows = len(next(iter(padding.values())))
-    passes = _global_max(math.ceil(num_examples / rows))
+    passes = process_max(math.ceil(num_examples / rows))
     spec = PartitionSpec(BATCH_AXES)
     stream = iter(batches)
     tables = []

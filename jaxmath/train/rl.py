@@ -30,11 +30,11 @@ from jaxmath.data.formats import get_format
 from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
 from jaxmath.objectives import compute_advantages, metric_means
 from jaxmath.objectives.grpo import policy_log_probs
-from jaxmath.parallel import BATCH_AXES, initialize_distributed
-from jaxmath.rewards import RewardFailures, combine_rewards
 from jaxmath.inference.config import offset_seed
 from jaxmath.inference.loading import stop_token_ids
 from jaxmath.inference.sampler import GenerationOutput, generate, truncate_at_stop
+from jaxmath.parallel import BATCH_AXES, all_process_rows, initialize_distributed
+from jaxmath.rewards import RewardFailures, combine_rewards
 from jaxmath.train.checkpointing import TrainCheckpointer
 from jaxmath.train.config import GRPOSection, TrainConfig
 from jaxmath.train.metrics import MetricsWriter
@@ -236,8 +236,24 @@ def update_policy(rl: RLRun, state: Any, batch: dict[str, np.ndarray], iteration
 # ---------------------------------------------------------------- the loop
 
 
+def _all_processes(groups: dict[str, Any], stats: dict[str, float]) -> tuple[dict[str, Any], dict[str, float]]:
+    """The iteration's rollout rows and statistics over every process, which holds only its own share of the
+    rows (a collective): rows concatenated in global order, counts summed, fractions averaged (every process
+    samples as many groups), timings the slowest process's."""
+    if jax.process_count() == 1:
+        return groups, stats
+    keys = sorted(stats)
+    rows, values = all_process_rows(({k: groups[k] for k in ("rewards", "per_function", "lengths", "truncated")},
+                                     np.asarray([[stats[k] for k in keys]], np.float32)))
+    combine = {"zero_variance_groups": np.mean, "sampling_rounds": np.max}
+    merged = {k: float((np.max if k.endswith("_seconds") else combine.get(k, np.sum))(np.asarray(column)))
+              for k, column in zip(keys, np.asarray(values).T)}
+    return jax.tree.map(np.asarray, rows), merged
+
+
 def _log_row(rl: RLRun, iteration: int, stats: dict[str, float], groups: dict[str, Any],
              totals: dict[str, float], updates: list[dict[str, float]], update_seconds: float) -> dict[str, float]:
+    groups, stats = _all_processes(groups, stats)
     lengths = groups["lengths"]
     row = {**reward_statistics(groups["rewards"], groups["per_function"]), **stats,
            "learning_rate": float(rl.run.schedule(iteration * rl.updates_per_iteration - 1)),

@@ -71,15 +71,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def state_shardings(params_sharding: dict[str, Any], optimizer: optax.GradientTransformation,
                     abstract_params: Any, mesh: Mesh, trainable: Predicate = lambda path: True) -> TrainState:
-    """Shardings of the whole train state: optimizer moments (kept for trainable parameters only) follow
-    their parameters, found by compiling `optimizer.init` for the sharded parameters (allocates nothing)."""
-    sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                           abstract_params, params_sharding)
-    sharded = partition(sharded, trainable)[0]
-    compiled = jax.jit(optimizer.init).lower(sharded).compile().output_shardings
-    # Scalars (step counts) come back on one device; replicate them over the mesh instead.
-    opt_sharding = jax.tree.map(
-        lambda s: s if isinstance(s, NamedSharding) and s.mesh == mesh else replicated(mesh), compiled)
+    """Shardings of the whole train state: each optimizer moment (kept for trainable parameters only) is sharded
+    like its parameter (ZeRO: no device holds a whole moment that it does not hold of the parameter), found with
+    `optax.tree_map_params`; counts and other non-parameter fields are replicated. (The output shardings of a
+    compiled `optimizer.init` cannot serve: its zeros do not depend on the parameters and land on one device.)"""
+    abstract_opt_state = jax.eval_shape(optimizer.init, partition(abstract_params, trainable)[0])
+    opt_sharding = optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_opt_state,
+                                         partition(params_sharding, trainable)[0],
+                                         transform_non_params=lambda _: replicated(mesh),
+                                         is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
     return TrainState(step=replicated(mesh), params=params_sharding, opt_state=opt_sharding, rng=replicated(mesh))
 
 

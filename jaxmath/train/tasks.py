@@ -45,10 +45,6 @@ class Task:
 
     num_labels = 0  # > 0: the model is a TokenClassifier with this many labels
 
-    def optimizer_steps(self, config: TrainConfig) -> int:
-        """Optimizer updates in the whole run (the schedule's horizon)."""
-        return config.train.steps
-
     def read_rows(self, path: str | os.PathLike) -> list[Row]:
         return read_records(path)
 
@@ -71,6 +67,12 @@ class Task:
         """The global batch layout (keys, shapes, dtypes) the step is compiled for."""
         shape = (config.data.batch_size, config.data.seq_len)
         return {k: np.zeros(shape, np.int32) for k in ("input_ids", "loss_mask", "segment_ids", "positions")}
+
+    def padding_batch(self, config: TrainConfig) -> dict[str, np.ndarray]:
+        """This process's share of a batch with nothing to score (every row padding): what a process whose data
+        ran out feeds so that all processes run the same collective steps."""
+        return {k: np.zeros((v.shape[0] // jax.process_count(), *v.shape[1:]), v.dtype)
+                for k, v in self.example_batch(config).items()}
 
     def loss(self, config: TrainConfig) -> LossFn:
         return make_loss(config.objective)
@@ -165,6 +167,11 @@ class PRMTask(Task):
         shape = (config.data.batch_size, config.data.seq_len)
         return {k: np.zeros(shape, np.int32) for k in ("input_ids", "segment_ids", "positions", "labels")}
 
+    def padding_batch(self, config: TrainConfig) -> dict[str, np.ndarray]:
+        batch = super().padding_batch(config)
+        batch["labels"][:] = IGNORE_LABEL  # label 0 is a bad step
+        return batch
+
     def eval_outputs(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
         logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
         return {"p_good": jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1], "labels": batch["labels"]}
@@ -181,9 +188,6 @@ class PRMTask(Task):
 class GRPOTask(Task):
     """GRPO: the clipped policy loss on rollout minibatches of records' prompts (jaxmath.train.rl drives the
     rollouts); `train.steps` counts iterations of `mu * minibatches` updates each."""
-
-    def optimizer_steps(self, config: TrainConfig) -> int:
-        return config.train.steps * config.grpo.mu * config.grpo.minibatches
 
     def example_batch(self, config: TrainConfig) -> dict[str, np.ndarray]:
         """One GRPO minibatch: prompt + completion tokens, masks, old (and reference) log-probs, advantages."""

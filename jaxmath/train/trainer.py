@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -37,11 +38,11 @@ from jaxmath.models.attention import describe as describe_attention
 from jaxmath.models.config import REMAT_POLICIES, ModelConfig
 from jaxmath.models.transformer import build_model
 from jaxmath.objectives import metric_means
-from jaxmath.parallel import initialize_distributed, make_mesh
+from jaxmath.parallel import initialize_distributed, make_mesh, process_max, sync_processes
 from jaxmath.train import reference as ref
 from jaxmath.train import remat
 from jaxmath.train.checkpointing import TrainCheckpointer
-from jaxmath.train.config import TrainConfig
+from jaxmath.train.config import TrainConfig, check_context
 from jaxmath.train.metrics import MetricsWriter, peak_flops, train_flops_per_token
 from jaxmath.train.optimizer import make_optimizer
 from jaxmath.train.preflight import check_outputs, ensure_writable
@@ -124,22 +125,26 @@ def _abstract_params(mconfig: ModelConfig) -> dict[str, Any]:
 
 
 def prepare_tokenizer(config: TrainConfig, records: list[Row], out: Path) -> Any:
-    """The run's tokenizer, saved under out/tokenizer so a resumed run uses the very same one."""
+    """The run's tokenizer, saved under out/tokenizer so a resumed run uses the very same one. Process 0 builds
+    and saves it; every process then loads that one, so all processes tokenise alike."""
     saved = out / "tokenizer"
-    if saved.is_dir():
-        return ensure_pad_token(load_tokenizer(saved))
+    if not saved.is_dir() and config.data.tokenizer is None and config.model.path is None:
+        raise ValueError("data.tokenizer is not set and model.path has no tokenizer: set data.tokenizer")
+    if jax.process_index() == 0 and not saved.is_dir():
+        build_tokenizer(config, records).save_pretrained(saved)
+    sync_processes("jaxmath tokenizer saved")
+    return ensure_pad_token(load_tokenizer(saved))
+
+
+def build_tokenizer(config: TrainConfig, records: list[Row]) -> Any:
+    """A BPE fitted to the records (`data.tokenizer: train`), else data.tokenizer's or model.path's."""
     if config.data.tokenizer == "train":
         texts = task_for(config).tokenizer_texts(records, get_format(config.data.format))
         tokenizer = train_tokenizer(texts, vocab_size=config.data.tokenizer_vocab_size)
     else:
-        if (config.data.tokenizer or config.model.path) is None:
-            raise ValueError("data.tokenizer is not set and model.path has no tokenizer: set data.tokenizer")
         source = resolve_model_dir(config.data.tokenizer or config.model.path)
         tokenizer = load_tokenizer(source / "hf_files" if is_jaxmath_dir(source) else source)
-    tokenizer = ensure_pad_token(tokenizer)
-    if jax.process_index() == 0:
-        tokenizer.save_pretrained(saved)
-    return tokenizer
+    return ensure_pad_token(tokenizer)
 
 
 # ---------------------------------------------------------------- data
@@ -222,10 +227,13 @@ def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_da
     log.info(describe_attention(mconfig.attention_impl, dtype=mconfig.compute_dtype, head_dim=mconfig.head_dim))
     if tokenizer is not None and len(tokenizer) > mconfig.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {mconfig.vocab_size}")
+    check_context(config, mconfig.max_position_embeddings, "the max_position_embeddings of "
+                  + (f"model.path={config.model.path}" if config.model.path else "model.init"))
+    check_batch_split(config, mesh)
     abstract = nnx.eval_shape(lambda: build_model(mconfig))
     graphdef, abstract_state = nnx.split(abstract)
     p_shard = param_shardings(abstract, mesh)
-    optimizer, schedule = make_optimizer(config.optimizer, task.optimizer_steps(config))
+    optimizer, schedule = make_optimizer(config.optimizer, config.optimizer_steps)
     trainable = trainable_predicate(config.optimizer.freeze, lora=mconfig.lora_rank > 0)
     shardings = state_shardings(p_shard, optimizer, nnx.to_pure_dict(abstract_state), mesh, trainable)
     loss_fn = task.loss(config)
@@ -239,6 +247,16 @@ def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_da
     return Run(config, out, mesh, mconfig, hf_config, tokenizer, graphdef, trainable, shardings, step_fn, eval_fn,
                batch_shardings(mesh, example), schedule, train_records, eval_records, task, reference,
                optimizer=optimizer)
+
+
+def check_batch_split(config: TrainConfig, mesh: jax.sharding.Mesh) -> None:
+    """data.batch_size splits evenly over the processes and the mesh's batch shards (GRPO's minibatches are
+    checked when its run is built)."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.grpo is None and config.data.batch_size % math.lcm(shards, jax.process_count()):
+        raise ValueError(f"data.batch_size={config.data.batch_size} does not split over the mesh's {shards} batch "
+                         f"shards (mesh.data x mesh.fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}) and "
+                         f"{jax.process_count()} processes")
 
 
 def abstract_state(run: Run) -> TrainState:
@@ -359,8 +377,7 @@ def precompute_reference(run: Run, params: Any) -> dict[str, np.ndarray]:
     """{split: [examples, columns]} reference fields for this process's train and eval examples."""
     columns = run.task.reference_columns
     sharding = {k: s for k, s in run.batch_sharding.items() if k not in columns}
-    padding = {k: np.zeros((v.shape[0] // jax.process_count(), *v.shape[1:]), v.dtype)
-               for k, v in run.task.example_batch(run.config).items() if k in sharding}
+    padding = {k: v for k, v in run.task.padding_batch(run.config).items() if k in sharding}
     forward = jax.jit(lambda p, batch: run.task.reference_fields(nnx.merge(run.graphdef, p), batch),
                       in_shardings=(run.shardings.params, sharding))
     tables = {}
@@ -383,10 +400,7 @@ def evaluate(run: Run, params: Any, reference: tuple[Any, ...] = ()) -> dict[str
     numerator = denominator = 0.0
     totals: dict[str, float] = collections.defaultdict(float)
     outputs: dict[str, list[np.ndarray]] = collections.defaultdict(list)
-    pipeline = make_pipeline(run, "eval")
-    for k, batch in enumerate(pipeline):
-        if k >= run.config.train.eval_batches:
-            break
+    for batch in eval_batches(run):
         n, d, metrics, extra = run.eval_fn(params, to_global(batch, run.batch_sharding), *reference)
         numerator, denominator = numerator + float(n), denominator + float(d)
         for key, value in jax.device_get(metrics).items():
@@ -397,6 +411,15 @@ def evaluate(run: Run, params: Any, reference: tuple[Any, ...] = ()) -> dict[str
     if outputs:
         result.update(run.task.eval_summary({k: np.concatenate(v) for k, v in outputs.items()}))
     return {f"eval_{k}": v for k, v in result.items()}
+
+
+def eval_batches(run: Run) -> list[dict[str, Any]]:
+    """This process's held-out batches (at most `train.eval_batches`), topped up with padding batches to the
+    largest count of any process: shards can yield different numbers of batches, and every process must run
+    each (collective) evaluation step. Padding rows have no scored tokens, so they change no figure."""
+    batches = list(itertools.islice(make_pipeline(run, "eval"), run.config.train.eval_batches))
+    padding = run.task.padding_batch(run.config)
+    return batches + [padding] * (process_max(len(batches)) - len(batches))
 
 
 def evaluate_accuracy(run: Run, params: Any) -> float | None:
@@ -526,17 +549,20 @@ def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckp
 
 def export_final(run: Run, params: Any) -> None:
     """final_model/ (jaxmath model directory), hf/ (transformers checkpoint with the tokenizer, LoRA merged)
-    and, for a LoRA run, hf_adapter/ (the adapters alone, as a PEFT adapter directory for the base model)."""
-    host = jax.tree.map(to_host, params)  # a collective on multi-host runs: every process takes part
-    if jax.process_index() != 0:
-        return
-    side = sorted((run.out / "tokenizer").glob("*"))
-    save_jaxmath(run.out / "final_model", host, run.model_config, run.hf_config, side, overwrite=True)
-    export_to_hf(run.out / "final_model", run.out / "hf", overwrite=True)
-    if run.model_config.lora_rank:
-        base = run.config.model.path
-        peft_io.save_adapter(run.out / "hf_adapter", host, run.model_config, overwrite=True,
-                             base_model=None if base is None or is_jaxmath_dir(base) else base)
+    and, for a LoRA run, hf_adapter/ (the adapters alone, as a PEFT adapter directory for the base model).
+    Every process takes part in gathering the params to the host (a collective); process 0 writes the
+    directories (Orbax saves host arrays from process 0 alone, see jaxmath.checkpoint.orbax_io); all return
+    once they exist."""
+    host = jax.tree.map(to_host, params)
+    if jax.process_index() == 0:
+        side = sorted((run.out / "tokenizer").glob("*"))
+        save_jaxmath(run.out / "final_model", host, run.model_config, run.hf_config, side, overwrite=True)
+        export_to_hf(run.out / "final_model", run.out / "hf", overwrite=True)
+        if run.model_config.lora_rank:
+            base = run.config.model.path
+            peft_io.save_adapter(run.out / "hf_adapter", host, run.model_config, overwrite=True,
+                                 base_model=None if base is None or is_jaxmath_dir(base) else base)
+    sync_processes("jaxmath export_final")
 
 
 def push_final(run: Run) -> None:
