@@ -12,7 +12,7 @@ from flax import nnx
 
 from jaxmath.config import ConfigError, from_dict
 from jaxmath.inference.config import Sampling
-from jaxmath.train.config import TrainConfig
+from jaxmath.train.config import GRPOSection, TrainConfig
 from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, reward_statistics, take_rows,
                                    train_batch, useful_groups)
 
@@ -115,9 +115,9 @@ def test_config_errors_name_the_key():
 
 
 def test_rollout_sampling_is_one_nested_section_and_old_flat_keys_show_the_new_spelling():
-    config = tiny(grpo={"sampling": {"temperature": 0.7, "min_p": 0.05}})
+    section = from_dict(GRPOSection, {"sampling": {"temperature": 0.7, "min_p": 0.05}})
     # keys left out keep the section's defaults (256 new tokens), not the Sampling class's (1024)
-    assert config.grpo.sampling == Sampling(max_new_tokens=256, temperature=0.7, min_p=0.05)
+    assert section.sampling == Sampling(max_new_tokens=256, temperature=0.7, min_p=0.05)
     assert tiny().grpo.sampling == Sampling(max_new_tokens=12, temperature=1.0)
     with pytest.raises(ConfigError, match=r"grpo.temperature is now grpo.sampling.temperature "
                                           r"\(write `sampling: \{temperature: 0.9\}`\)"):
