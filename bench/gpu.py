@@ -243,7 +243,8 @@ def part_sft_jaxmath(plan: Plan, work: Path, deadline: float, result: Result, ex
     from jaxmath.train.metrics import peak_flops, train_flops_per_token
     from jaxmath.train.state import init_train_state
     from jaxmath.train.step import to_global
-    from jaxmath.train.trainer import build_run, load_params, memory_report
+    from jaxmath.train.run import load_params
+    from jaxmath.train.trainer import build_run, memory_report
     from train_step import full_rows_batch, timed, train_batch
 
     config = load_config(TrainConfig, SFT_CONFIG, sft_overrides(plan))

@@ -90,11 +90,11 @@ def prepare_inputs(records: list[Any], tmp: Path, fmt_name: str, prompt_len: int
     from jaxmath.data.formats import get_format
     from jaxmath.data.readers import write_records
     from jaxmath.data.tokenizer import train_tokenizer
-    from jaxmath.train.tasks import Task
+    from jaxmath.train.tasks import SFTTask
 
     start = time.perf_counter()
     fmt = get_format(fmt_name)
-    tokenizer = train_tokenizer(Task().tokenizer_texts(records, fmt), vocab_size=vocab_size)
+    tokenizer = train_tokenizer(SFTTask().tokenizer_texts(records, fmt), vocab_size=vocab_size)
     tokenizer.save_pretrained(tmp / "tokenizer")
     fitting = (r for r in records if len(encode_prompt(r.question, tokenizer, fmt)) <= prompt_len)
     written = write_records(itertools.islice(fitting, count), tmp / "prompts.jsonl")
@@ -157,9 +157,10 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
     from jaxmath.data.formats import get_format
     from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
     from jaxmath.train.config import TrainConfig
-    from jaxmath.train.rl import build_rl_run, collect, rollout_batch, update_policy
+    from jaxmath.train.rl import collect, rollout_batch, update_policy
+    from jaxmath.train.run import load_params
     from jaxmath.train.state import init_train_state
-    from jaxmath.train.trainer import load_params
+    from jaxmath.train.trainer import build_rl_run
 
     config = from_dict(TrainConfig, raw)
     rl = dataclasses.replace(build_rl_run(config), eos_ids=[])  # never stop early: fixed-length completions

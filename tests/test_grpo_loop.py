@@ -141,8 +141,9 @@ def test_sampler_logprobs_equal_the_loss_forward(tmp_path):
     from jaxmath.data.formats import get_format
     from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
     from jaxmath.models.transformer import build_model
-    from jaxmath.train.rl import build_rl_run, sample
-    from jaxmath.train.trainer import to_global
+    from jaxmath.train.rl import sample
+    from jaxmath.train.step import to_global
+    from jaxmath.train.trainer import build_rl_run
 
     rl = build_rl_run(tiny(mesh={"data": 2, "fsdp": 2, "tensor": 2}), tmp_path)
     params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build_model(rl.run.model_config, 3))),
@@ -168,7 +169,7 @@ def _rows(path):
 
 @pytest.mark.slow
 def test_loop_logs_metrics_and_resumes_exactly(tmp_path):
-    from jaxmath.train.rl import train_grpo
+    from jaxmath.train.trainer import train as train_grpo
 
     straight = train_grpo(tiny(), tmp_path / "straight", progress=False)
     rows = _rows(tmp_path / "straight")

@@ -93,7 +93,7 @@ def test_grpo_logs_reward_errors_and_keeps_training(tmp_path, monkeypatch, caplo
     it raised on, per function, and the first traceback is logged once."""
     from test_grpo_loop import tiny
 
-    from jaxmath.train.rl import train_grpo
+    from jaxmath.train.trainer import train as train_grpo
 
     raised = []
 

@@ -207,7 +207,7 @@ def test_grpo_records_the_layers_in_its_first_metrics_row(tmp_path):
     from jaxmath.config import load_config
     from jaxmath.train.config import TrainConfig
     from jaxmath.train.metrics import read_metrics
-    from jaxmath.train.rl import train_grpo
+    from jaxmath.train.trainer import train as train_grpo
 
     layers = shared_sandbox().layers
     config = load_config(TrainConfig, os.path.join(REPO, "configs/grpo/tiny-cpu.yaml"),

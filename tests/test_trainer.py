@@ -93,7 +93,7 @@ def test_run_writes_every_file_and_learns(records, reference_run):
 # known step, with no cleanup (as the OOM killer or a pre-emption would), whatever the machine's speed.
 KILL_AT_STEP = """
 import os, signal, sys
-from jaxmath.cli import train_main
+from jaxmath.commands.train import train_main
 from jaxmath.train.metrics import MetricsWriter
 
 kill_at, write = int(sys.argv[1]), MetricsWriter.write

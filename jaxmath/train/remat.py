@@ -58,8 +58,8 @@ class RematOption:
 
 def measure_options(measure: Callable[[str], dict[str, Any]], budget_gib: float, stop_at_first_fit: bool
                     ) -> list[RematOption]:
-    """Measure remat options in REMAT_POLICIES' order (each: a dry-run report with `peak_gib_per_device`); a compile that
-    runs out of memory counts as not fitting, any other error is raised."""
+    """Measure remat options in REMAT_POLICIES' order (each: a dry-run report with `peak_gib_per_device`); a
+    compile that runs out of memory counts as not fitting, any other error is raised."""
     options = []
     for remat in REMAT_POLICIES:
         try:
