@@ -27,7 +27,7 @@ Usage = collections.namedtuple("Usage", "total used free")
 
 def tiny(**extra) -> TrainConfig:
     overrides = {"data.synthetic": "{arithmetic__add_or_sub: 60}", "data.seq_len": 64, "train.steps": 2,
-                 "train.eval_every": 0, "mesh.data": -1, **extra}
+                 "optimizer.warmup_steps": 0, "train.eval_every": 0, "mesh.data": -1, **extra}
     return load_config(TrainConfig, TINY, [f"{k}={v}" for k, v in overrides.items()])
 
 
