@@ -89,7 +89,6 @@ def run_demo(output_dir: str | Path, sft_steps: int | None = None, grpo_steps: i
     """SFT -> GRPO -> export -> transformers, with before/after held-out accuracy; returns summary.json."""
     from jaxmath.train.config import TrainConfig
     from jaxmath.train.metrics import plot_metrics
-    from jaxmath.train.rl import train_grpo
     from jaxmath.train.trainer import load_records, train
 
     out = Path(output_dir)
@@ -104,7 +103,7 @@ def run_demo(output_dir: str | Path, sft_steps: int | None = None, grpo_steps: i
     print(f"[demo] 2/4 GRPO: {grpo_raw['grpo']['group_size']} samples per problem, verifier rewards, "
           f"in {out / 'grpo'}", flush=True)
     grpo_config = from_dict(TrainConfig, grpo_raw)
-    grpo_summary = train_grpo(grpo_config, grpo_config.output_dir)
+    grpo_summary = train(grpo_config, grpo_config.output_dir)
     print("[demo] 3/4 exported to Hugging Face format; reloading with transformers", flush=True)
     record = load_records(grpo_config)[1][0]  # a held-out problem
     try:
