@@ -250,3 +250,18 @@ def test_run_checks_the_pretrained_context_and_the_batch_split(records, tmp_path
     with pytest.raises(ValueError, match=r"data.batch_size=12 does not split over the mesh's 8 batch shards "
                                          r"\(mesh.data x mesh.fsdp = 8 x 1\)"):
         build_run(config, tmp_path / "b", with_data=False)
+
+
+def test_each_objective_has_its_own_task_and_an_unknown_one_is_refused_naming_the_known():
+    from types import SimpleNamespace
+
+    from jaxmath.train.tasks import DPOTask, GRPOTask, PRMTask, SFTTask, Task, task_for
+
+    expected = {"sft": SFTTask, "dpo": DPOTask, "prm": PRMTask, "grpo": GRPOTask}
+    for objective, kind in expected.items():
+        task = task_for(SimpleNamespace(objective=objective))  # task_for reads only the objective
+        assert type(task) is kind and isinstance(task, Task)
+    config = load_config(TrainConfig, TINY)
+    assert type(task_for(config)) is SFTTask and task_for(config) is not task_for(config)  # one per run
+    with pytest.raises(ValueError, match="unknown objective 'ppo'; known objectives: sft, dpo, prm, grpo"):
+        task_for(SimpleNamespace(objective="ppo"))
