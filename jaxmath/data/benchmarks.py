@@ -1,8 +1,9 @@
 """Evaluation benchmarks: which source and split each one scores on, so evaluation reads them and training refuses them.
 
 This table is the one statement of "which splits are evaluation splits": `load_benchmark` reads a benchmark's
-problems from it (for `jaxmath.evaluation` and the pair builder), and the dataset builder and the pair builder refuse those splits as training data
-(unless asked for by name) and decontaminate against the copies present under a data directory.
+problems from it (for `jaxmath.evaluation` and the pair builder), and the dataset builder and the pair builder
+refuse those splits as training data (unless asked for by name) and decontaminate against the copies present
+under a data directory.
 """
 from __future__ import annotations
 
