@@ -185,6 +185,17 @@ def test_config_errors_name_the_key(tmp_path):
 GRPO_TINY = ROOT / "configs" / "grpo" / "tiny-cpu.yaml"
 
 
+@pytest.mark.parametrize("config,settings,says", [
+    (TINY, ["optimizer.warmup_steps=80"], ["optimizer.warmup_steps=80", "train.steps"]),
+    (GRPO_TINY, ["optimizer.warmup_steps=17"],
+     ["optimizer.warmup_steps=17", "16 optimizer steps (train.steps * grpo.mu * grpo.minibatches)"]),
+])
+def test_a_warmup_longer_than_a_short_run_is_a_warning_naming_both(config, settings, says, caplog):
+    with caplog.at_level("WARNING", logger="jaxmath.train.config"):
+        load_config(TrainConfig, config, settings)
+    assert all(text in caplog.text for text in says)
+
+
 @pytest.mark.parametrize("config,settings,keys", [
     # Dr. GRPO's constant normaliser is the generation budget
     (GRPO_TINY, ["grpo.loss.aggregation=constant", "grpo.loss.max_completion_length=100"],
@@ -203,13 +214,10 @@ GRPO_TINY = ROOT / "configs" / "grpo" / "tiny-cpu.yaml"
     (TINY, ["optimizer.grad_accum=3"], ["data.batch_size=8", "optimizer.grad_accum=3"]),
     (GRPO_TINY, ["grpo.minibatches=4", "optimizer.grad_accum=3"], ["grpo.minibatches", "optimizer.grad_accum=3"]),
     # the learning-rate schedule covers the run
-    (TINY, ["optimizer.warmup_steps=80"], ["optimizer.warmup_steps=80", "train.steps"]),
     (TINY, ["optimizer.warmup_steps=30", "optimizer.total_steps=20"],
      ["optimizer.warmup_steps=30", "optimizer.total_steps=20"]),
     (TINY, ["optimizer.total_steps=40", "optimizer.min_lr_ratio=0"],
      ["optimizer.total_steps=40", "60 optimizer steps (train.steps)", "optimizer.min_lr_ratio=0"]),
-    (GRPO_TINY, ["optimizer.warmup_steps=17"],
-     ["optimizer.warmup_steps=17", "16 optimizer steps (train.steps * grpo.mu * grpo.minibatches)"]),
     # evaluation has held-out data
     (TINY, ["train.eval_every=30", "data.eval_fraction=0"], ["train.eval_every=30", "data.eval", "data.eval_fraction"]),
     (TINY, ["train.eval_every=0", "train.eval_generate=4", "data.eval_fraction=0"],

@@ -3,6 +3,7 @@ section (dpo / prm; see configs/)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, ClassVar, Literal
 
 from jaxmath.config import section
@@ -14,6 +15,8 @@ from jaxmath.parallel import MeshConfig
 from jaxmath.tracking import LoggingSection
 from jaxmath.train.optimizer import OptimizerConfig
 from jaxmath.verify.sandbox import SandboxConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,14 +301,18 @@ class TrainConfig:
             check_context(self, init["max_position_embeddings"], "model.init.max_position_embeddings")
 
     def _check_schedule(self) -> None:
-        """Warmup ends within the run, and a schedule decaying to 0 does not end before the run does."""
+        """Warmup ends within an explicit schedule (a warning when it outlasts the run), and a schedule decaying to
+        0 does not end before the run does."""
         o, steps = self.optimizer, self.optimizer_steps
         what = "train.steps" if self.grpo is None else "train.steps * grpo.mu * grpo.minibatches"
         horizon = (f"optimizer.total_steps={o.total_steps}" if o.total_steps is not None
                    else f"the run's {steps} optimizer steps ({what})")
-        if o.warmup_steps > (o.total_steps or steps):
+        if o.total_steps is not None and o.warmup_steps > o.total_steps:
             raise ValueError(f"optimizer.warmup_steps={o.warmup_steps} exceeds the schedule's horizon, {horizon}: "
                              "the learning rate would never reach optimizer.lr")
+        if o.warmup_steps > steps:  # a short try (--set train.steps=N) is legitimate: say so, do not refuse it
+            log.warning("optimizer.warmup_steps=%d exceeds %s: the learning rate never reaches optimizer.lr",
+                        o.warmup_steps, horizon)
         if o.total_steps is not None and o.total_steps < steps and o.schedule != "constant" and o.min_lr_ratio == 0:
             raise ValueError(f"optimizer.total_steps={o.total_steps} is below the run's {steps} optimizer steps "
                              f"({what}): with optimizer.schedule={o.schedule} and optimizer.min_lr_ratio=0 the "
