@@ -111,7 +111,8 @@ SMOKE = Plan(
     platform="cpu", sft_model=TINY_QWEN2, sft_batch=2, sft_seq=64, warmup=1, steps=2,
     decode=((4, 8, 8), (8, 8, 16)), decode_repeats=1,
     grpo_model={k: v for k, v in TINY_QWEN2.items() if k != "vocab_size"},  # the tokenizer's size
-    grpo={"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 8}, grpo_records=64, tokenizer_vocab=512,
+    grpo={"prompts_per_step": 2, "group_size": 2, "sampling": {"max_new_tokens": 8}}, grpo_records=64,
+    tokenizer_vocab=512,
     trainer={"data.batch_size": 4, "optimizer.grad_accum": 1, "data.seq_len": 128, "train.steps": 8,
              "train.log_every": 2, "train.eval_batches": 1, "data.tokenizer_vocab_size": 384,
              "data.synthetic": {"arithmetic__add_or_sub": 200}},
@@ -242,7 +243,8 @@ def part_sft_jaxmath(plan: Plan, work: Path, deadline: float, result: Result, ex
     from jaxmath.train.metrics import peak_flops, train_flops_per_token
     from jaxmath.train.state import init_train_state
     from jaxmath.train.step import to_global
-    from jaxmath.train.trainer import build_run, load_params, memory_report
+    from jaxmath.train.run import load_params
+    from jaxmath.train.trainer import build_run, memory_report
     from train_step import full_rows_batch, timed, train_batch
 
     config = load_config(TrainConfig, SFT_CONFIG, sft_overrides(plan))
@@ -357,10 +359,12 @@ def part_grpo(plan: Plan, work: Path, deadline: float, result: Result) -> None:
     from jaxmath.data.generators import generate
 
     reference = yaml.safe_load(REFERENCE_CONFIG.read_text())
-    g = {**reference["grpo"], **plan.grpo}
+    g = {**reference["grpo"], **plan.grpo,
+         "sampling": {**reference["grpo"]["sampling"], **plan.grpo.get("sampling", {})}}
     fmt, beta, minibatches = reference["data"]["format"], g["loss"]["beta"], g["minibatches"]
     result.update(**device_info(), config=REFERENCE_CONFIG.name, prompts_per_step=g["prompts_per_step"],
-                  group_size=g["group_size"], max_prompt_len=g["max_prompt_len"], max_new_tokens=g["max_new_tokens"],
+                  group_size=g["group_size"], max_prompt_len=g["max_prompt_len"],
+                  max_new_tokens=g["sampling"]["max_new_tokens"],
                   beta=beta, minibatches=minibatches, grad_accum=reference["optimizer"].get("grad_accum", 1),
                   dtype=reference["model"].get("dtype"))
     records = generate("arithmetic__add_or_sub", plan.grpo_records, seed=0)

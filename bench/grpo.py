@@ -90,11 +90,11 @@ def prepare_inputs(records: list[Any], tmp: Path, fmt_name: str, prompt_len: int
     from jaxmath.data.formats import get_format
     from jaxmath.data.readers import write_records
     from jaxmath.data.tokenizer import train_tokenizer
-    from jaxmath.train.tasks import Task
+    from jaxmath.train.tasks import SFTTask
 
     start = time.perf_counter()
     fmt = get_format(fmt_name)
-    tokenizer = train_tokenizer(Task().tokenizer_texts(records, fmt), vocab_size=vocab_size)
+    tokenizer = train_tokenizer(SFTTask().tokenizer_texts(records, fmt), vocab_size=vocab_size)
     tokenizer.save_pretrained(tmp / "tokenizer")
     fitting = (r for r in records if len(encode_prompt(r.question, tokenizer, fmt)) <= prompt_len)
     written = write_records(itertools.islice(fitting, count), tmp / "prompts.jsonl")
@@ -116,7 +116,7 @@ def small_config(model_dir: Path, tokenizer: Path, prompts: Path, out: Path, w: 
                       "grad_accum": max(1, w.prompts * w.group_size // minibatches // w.micro_rows)},
         "data": {"train": [str(prompts)], "tokenizer": str(tokenizer), "format": "boxed"},
         "grpo": {"group_size": w.group_size, "prompts_per_step": w.prompts, "max_prompt_len": w.prompt_len,
-                 "max_new_tokens": w.new_tokens, "temperature": w.temperature,
+                 "sampling": {"max_new_tokens": w.new_tokens, "temperature": w.temperature},
                  "rewards": {"correctness": 1.0, "numeric": 0.2}, "loss": {"beta": beta},
                  "mu": 1, "minibatches": minibatches, "overlong": "none"},
         "train": {"steps": steps, "export_hf": False},
@@ -137,7 +137,8 @@ def reference_config(path: Path, tokenizer: Path, prompts: Path, out: Path, beta
     raw["model"]["init"] = init or HF_CONFIGS["Qwen/Qwen2.5-0.5B-Instruct"]
     raw["output_dir"] = str(out)
     raw["data"] = {"train": [str(prompts)], "tokenizer": str(tokenizer), "format": raw["data"]["format"]}
-    raw["grpo"].update(grpo or {})
+    for key, value in (grpo or {}).items():  # a nested section (sampling) keeps the keys not replaced
+        raw["grpo"][key] = {**raw["grpo"].get(key, {}), **value} if isinstance(value, dict) else value
     raw["grpo"]["loss"]["beta"] = beta
     raw["grpo"]["minibatches"] = minibatches
     raw["train"] = {"steps": steps, "export_hf": False}
@@ -156,9 +157,10 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
     from jaxmath.data.formats import get_format
     from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
     from jaxmath.train.config import TrainConfig
-    from jaxmath.train.rl import build_rl_run, collect, rollout_batch, update_policy
+    from jaxmath.train.rl import collect, rollout_batch, update_policy
+    from jaxmath.train.run import load_params
     from jaxmath.train.state import init_train_state
-    from jaxmath.train.trainer import load_params
+    from jaxmath.train.trainer import build_rl_run
 
     config = from_dict(TrainConfig, raw)
     rl = dataclasses.replace(build_rl_run(config), eos_ids=[])  # never stop early: fixed-length completions
@@ -181,8 +183,9 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
         state, updates = update_policy(rl, state, batch, iteration)  # reads the metrics back: finished
         tokens = sum(u["tokens"] for u in updates)
         done = time.perf_counter()
-        if np.any(groups["lengths"] != g.max_new_tokens):
-            raise SystemExit(f"completion lengths {sorted(set(groups['lengths'].tolist()))} != {g.max_new_tokens}: "
+        if np.any(groups["lengths"] != g.sampling.max_new_tokens):
+            raise SystemExit(f"completion lengths {sorted(set(groups['lengths'].tolist()))} != "
+                             f"{g.sampling.max_new_tokens}: "
                              "not the fixed workload")
         row = {"total_s": done - start, "cpu_s": time.process_time() - cpu_start,
                "rollout_s": stats["rollout_seconds"], "reward_s": stats["reward_seconds"],
@@ -278,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             fmt, prompt_len = config["data"]["format"], g["max_prompt_len"]
             variants = args.variants or [(g["loss"]["beta"], g["minibatches"]), (0.0, g["minibatches"])]
             workload = (f"reference config {args.config.name}: {g['prompts_per_step']} prompts x {g['group_size']} "
-                        f"completions x {g['max_new_tokens']} tokens, prompts padded to {prompt_len}, mu "
+                        f"completions x {g['sampling']['max_new_tokens']} tokens, prompts padded to {prompt_len}, mu "
                         f"{g['mu']}, grad_accum {config['optimizer'].get('grad_accum', 1)}, Qwen2.5-0.5B shape "
                         f"(random weights), {config['model'].get('dtype', 'float32')} compute")
         else:

@@ -96,7 +96,7 @@ def measure(name: str, overrides: list[str]) -> dict[str, Any]:
     report.setdefault("remat", config.model.remat)  # model.remat: auto reports the policy it measured and chose
     if config.grpo is not None:  # rows of one GRPO update micro-batch x (prompt + completion)
         rows = config.grpo.rows // config.grpo.minibatches // config.optimizer.grad_accum
-        report["micro_batch"] = f"{rows} x {config.grpo.max_prompt_len + config.grpo.max_new_tokens}"
+        report["micro_batch"] = f"{rows} x {config.grpo.max_prompt_len + config.grpo.sampling.max_new_tokens}"
     else:
         report["micro_batch"] = f"{config.data.batch_size // config.optimizer.grad_accum} x {config.data.seq_len}"
     report["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB

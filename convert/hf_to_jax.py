@@ -5,7 +5,7 @@
 """
 import sys
 
-from jaxmath.cli import hf_to_jax_main
+from jaxmath.commands.convert import hf_to_jax_main
 
 if __name__ == "__main__":
     sys.exit(hf_to_jax_main())

@@ -5,7 +5,7 @@
 """
 import sys
 
-from jaxmath.cli import jax_to_hf_main
+from jaxmath.commands.convert import jax_to_hf_main
 
 if __name__ == "__main__":
     sys.exit(jax_to_hf_main())

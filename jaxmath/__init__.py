@@ -13,8 +13,8 @@ _EXPORTS = {
     "convert_hf_to_jax": "jaxmath.checkpoint",
     "export_to_hf": "jaxmath.checkpoint",
     "from_pretrained": "jaxmath.checkpoint",
-    "generate": "jaxmath.sampling",
-    "GenerationOutput": "jaxmath.sampling",
+    "generate": "jaxmath.inference.sampler",
+    "GenerationOutput": "jaxmath.inference.sampler",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -6,6 +6,7 @@ got 'fast'`). Every run writes its resolved config next to its checkpoints (`dum
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -14,18 +15,39 @@ from typing import Any, Mapping, TypeVar
 import yaml
 
 T = TypeVar("T")
+SECTION_DEFAULT = "jaxmath.section_default"  # field metadata: missing keys of this section keep the default's values
 
 
 class ConfigError(ValueError):
     """A config key is unknown, missing or of the wrong type; the message names the dotted key."""
 
 
+def section(default: T) -> T:
+    """A nested dataclass field whose mapping may give only some keys: the others keep `default`'s values (not
+    the class's own defaults), so one settings type can carry different defaults in different sections."""
+    return dataclasses.field(default_factory=lambda: default, metadata={SECTION_DEFAULT: True})
+
+
+def _moved_keys_error(cls: type, data: Mapping[str, Any], keys: list[str], prefix: str) -> ConfigError:
+    """The error for keys a section used to take, showing where each one lives now (`MOVED_KEYS`)."""
+    moved = cls.MOVED_KEYS  # type: ignore[attr-defined]
+    spelled = []
+    for key in keys:
+        *sections, last = moved[key].split(".")
+        nested = f"{last}: {json.dumps(data[key], ensure_ascii=False, default=str)}"  # JSON is YAML's flow style
+        for name in reversed(sections):
+            nested = f"{name}: {{{nested}}}"
+        spelled.append(f"{prefix}{key} is now {prefix}{moved[key]} (write `{nested}`)")
+    return ConfigError("; ".join(spelled))
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check and coerce one value to the annotated type; recurse into dataclasses, lists, dicts, optionals."""
+def _convert(value: Any, tp: Any, key: str, base: Any = None) -> Any:
+    """Check and coerce one value to the annotated type; recurse into dataclasses, lists, dicts, optionals.
+    `base`: a dataclass instance whose values fill the keys a section's mapping leaves out."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
@@ -34,7 +56,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return None
         options = [a for a in args if a is not type(None)]
         if len(options) == 1:  # an optional section or value: its own error says what is wrong
-            return _convert(value, options[0], key)
+            return _convert(value, options[0], key, base)
         errors = []
         for option in options:
             try:
@@ -45,7 +67,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if _is_dataclass_type(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return from_dict(tp, value, prefix=f"{key}.")
+        return from_dict(tp, value, prefix=f"{key}.", base=base if isinstance(base, tp) else None)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -72,18 +94,25 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build dataclass `cls` from a mapping; unknown or ill-typed keys raise ConfigError naming them."""
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", base: T | None = None) -> T:
+    """Build dataclass `cls` from a mapping; unknown or ill-typed keys raise ConfigError naming them (a key the
+    class lists in `MOVED_KEYS` names its new place). Keys left out take `base`'s values, else the defaults."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
+    moved = [k for k in unknown if k in getattr(cls, "MOVED_KEYS", {})]
+    if moved:
+        raise _moved_keys_error(cls, data, moved, prefix)
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)} "
                           f"(known under {prefix or 'top level'}: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], prefix + name)
+            default = f.default_factory() if f.metadata.get(SECTION_DEFAULT) else None
+            kwargs[name] = _convert(data[name], hints[name], prefix + name, default)
+        elif base is not None:
+            kwargs[name] = getattr(base, name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key {prefix + name}")
     try:

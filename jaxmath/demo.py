@@ -43,8 +43,9 @@ GRPO_CONFIG: dict[str, Any] = {
     # that probability mass spills onto other wrong answers (measured: 1e-4 lowered held-out accuracy).
     "optimizer": {"lr": 2e-5, "schedule": "constant", "clip_norm": 1.0, "b2": 0.98},
     "data": dict(DATA),
-    "grpo": {"group_size": 8, "prompts_per_step": 8, "max_prompt_len": 64, "max_new_tokens": ANSWER_TOKENS,
-             "temperature": 1.0, "rewards": {"correctness": 1.0, "numeric": 0.5},
+    "grpo": {"group_size": 8, "prompts_per_step": 8, "max_prompt_len": 64,
+             "sampling": {"max_new_tokens": ANSWER_TOKENS, "temperature": 1.0},
+             "rewards": {"correctness": 1.0, "numeric": 0.5},
              "loss": {"beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.28, "aggregation": "token_mean"},
              "mu": 1, "minibatches": 2, "overlong": "zero"},
     "train": {"steps": 40, "log_every": 1, "eval_every": 10, "eval_generate": HELD_OUT,
@@ -88,7 +89,6 @@ def run_demo(output_dir: str | Path, sft_steps: int | None = None, grpo_steps: i
     """SFT -> GRPO -> export -> transformers, with before/after held-out accuracy; returns summary.json."""
     from jaxmath.train.config import TrainConfig
     from jaxmath.train.metrics import plot_metrics
-    from jaxmath.train.rl import train_grpo
     from jaxmath.train.trainer import load_records, train
 
     out = Path(output_dir)
@@ -103,7 +103,7 @@ def run_demo(output_dir: str | Path, sft_steps: int | None = None, grpo_steps: i
     print(f"[demo] 2/4 GRPO: {grpo_raw['grpo']['group_size']} samples per problem, verifier rewards, "
           f"in {out / 'grpo'}", flush=True)
     grpo_config = from_dict(TrainConfig, grpo_raw)
-    grpo_summary = train_grpo(grpo_config, grpo_config.output_dir)
+    grpo_summary = train(grpo_config, grpo_config.output_dir)
     print("[demo] 3/4 exported to Hugging Face format; reloading with transformers", flush=True)
     record = load_records(grpo_config)[1][0]  # a held-out problem
     try:

@@ -11,85 +11,35 @@ also scores every sample with a process reward model and reports prm@N, the accu
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
 import os
 import re
-import sys
-import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 from transformers import PreTrainedTokenizerBase
 
-from jaxmath.checkpoint import CheckpointError, from_pretrained
-from jaxmath.checkpoint.pretrained import is_jaxmath_dir
-from jaxmath.data.formats import FORMATS, PromptFormat, get_format, render_messages, render_prompt
-from jaxmath.data.benchmarks import BENCHMARKS
-from jaxmath.data.readers import SkipLog, dataset_rows, file_rows, map_rows
+from jaxmath.data.benchmarks import load_benchmark
+from jaxmath.data.formats import PromptFormat, get_format, render_messages, render_prompt
 from jaxmath.data.schema import Record
-from jaxmath.data.sources import local_files
-from jaxmath.data.tokenizer import load_tokenizer
+from jaxmath.data.tables import format_table
+from jaxmath.inference.completions import sample_completions
+from jaxmath.inference.config import Sampling, plain_text_stops, round_seed
+from jaxmath.inference.loading import load_for_generation
 from jaxmath.models import CausalLM
 from jaxmath.objectives.prm import STEP_AGGREGATIONS, aggregate_step_scores, best_of_n
-from jaxmath.parallel import make_mesh
-from jaxmath.sampling import completion_texts, generate
-from jaxmath.verify import Verifier, extract_answer
-from jaxmath.verify.sandbox import LAYERS, SandboxUnavailable, require_layers
-from jaxmath.verify.verdict import Outcome, Verdict
+from jaxmath.verify import Verifier
 
 if TYPE_CHECKING:
     from jaxmath.prm.scorer import PRMScorer
 
-PROMPT_BUCKET = 64  # prompts are padded to a multiple of this, so a run compiles once per bucket
-
 
 class EvaluationError(RuntimeError):
-    """An evaluation cannot start: unknown benchmark, missing data directory or file, bad option."""
-
-
-def _listing(path: Path) -> str:
-    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    return ", ".join(entries) if entries else "nothing"
-
-
-def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Record]:
-    """The problems of benchmark `name`: from `data_dir/<name>/` when given, else from the Hub."""
-    if name not in BENCHMARKS:
-        raise EvaluationError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
-    bench = BENCHMARKS[name]
-    skips = SkipLog()
-    if data_dir is None:
-        import datasets
-
-        try:
-            dataset = datasets.load_dataset(bench.source.hub_id, bench.source.hub_config, split=bench.hub_split)
-        except Exception as err:  # offline, missing dataset or split: one clear message
-            raise EvaluationError(f"{name}: cannot load {bench.source.hub_id} [{bench.hub_split}] from the Hub "
-                                  f"({err}); pass --data-dir with a local copy") from err
-        rows: Iterator = dataset_rows(dataset, f"{bench.source.hub_id}[{bench.hub_split}]")
-    else:
-        root = Path(data_dir)
-        if not root.is_dir():
-            raise EvaluationError(f"data directory {root} does not exist; {root.parent} holds: {_listing(root.parent)}")
-        paths = local_files(bench.source, bench.local_split, root)
-        if not paths:
-            folder = root / bench.source.local_dir
-            where = (f"{folder} holds: {_listing(folder)}" if folder.is_dir()
-                     else f"{root} holds: {_listing(root)}")
-            raise EvaluationError(f"{name}: no {bench.local_split}.jsonl or .parquet under {folder}; {where}")
-        rows = (row for path in paths for row in file_rows(path, skips))
-    records = list(map_rows(rows, bench.source.layouts, name, skips, prepare=bench.source.prepare))
-    skips.warn()
-    if not records:
-        raise EvaluationError(f"{name}: no usable problems ({skips.summary() or 'the source is empty'})")
-    return records[:limit] if limit else records
+    """An evaluation cannot start: a bad option (unknown benchmarks and missing data are SourceErrors)."""
 
 
 # --- metrics ------------------------------------------------------------------------------------------
@@ -135,131 +85,12 @@ def benchmark_metrics(answers: Sequence[Sequence[str | None]], correct: Sequence
     return {key: round(value, 6) for key, value in metrics.items()} | {"n": len(correct)}
 
 
-def format_table(summary: dict[str, dict[str, float]]) -> str:
+def summary_table(summary: dict[str, dict[str, float]]) -> str:
     """The summary as a text table: one row per benchmark, metrics in percent."""
     metrics = [m for m in dict.fromkeys(k for row in summary.values() for k in row) if m != "n"]
-    header = ["benchmark", "n", *metrics]
-    rows = [[name, str(row["n"]), *(f"{100 * row[m]:.1f}" if m in row else "-" for m in metrics)]
-            for name, row in summary.items()]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in [header, *rows]]
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
-
-
-# --- model, tokenizer, generation -----------------------------------------------------------------------
-
-def default_dtype() -> str:
-    """bfloat16 on accelerators, float32 on CPU (where bfloat16 matmuls are slow)."""
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
-def model_files_dir(model_path: str | os.PathLike) -> Path:
-    """Where a model directory keeps its tokenizer and generation config (jaxmath dirs: hf_files/)."""
-    path = Path(model_path)
-    return path / "hf_files" if is_jaxmath_dir(path) else path
-
-
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase, files_dir: Path) -> list[int]:
-    """End-of-turn ids: the tokenizer's eos, generation_config.json's eos list, and the chat template's
-    end-of-turn token (`<|im_end|>`, `<|eot_id|>`) when the vocabulary has one."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    config_file = files_dir / "generation_config.json"
-    if config_file.is_file():
-        eos = json.loads(config_file.read_text()).get("eos_token_id")
-        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
-        if marker in template and marker in tokenizer.get_vocab():
-            ids.add(tokenizer.convert_tokens_to_ids(marker))
-    return sorted(ids)
-
-
-def load_for_generation(model_path: str | os.PathLike, dtype: str | None = None,
-                        tokenizer_path: str | os.PathLike | None = None
-                        ) -> tuple[CausalLM, PreTrainedTokenizerBase, list[int], Mesh]:
-    """Model (weights placed on a mesh over all devices, batch split over them), tokenizer and stop token ids."""
-    files_dir = model_files_dir(model_path)
-    tokenizer = load_tokenizer(tokenizer_path or files_dir)
-    mesh = make_mesh()
-    model = from_pretrained(model_path, dtype=dtype or default_dtype(), mesh=mesh)
-    return model, tokenizer, stop_token_ids(tokenizer, files_dir), mesh
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """Decoding settings shared by every batch of a run."""
-
-    max_new_tokens: int = 1024
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    seed: int = 0
-    stop_strings: tuple[str, ...] = ()
-
-
-def plain_text_stops(sampling: Sampling, tokenizer: PreTrainedTokenizerBase) -> Sampling:
-    """Plain-text prompts end in "Answer:": unless stop strings are given, stop where a new question starts."""
-    if tokenizer.chat_template or sampling.stop_strings:
-        return sampling
-    return dataclasses.replace(sampling, stop_strings=("\nQuestion:",))
-
-
-def _left_pad(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """[batch_size, bucketed width] ids and mask; missing rows repeat the first (their output is dropped)."""
-    width = -(-max(len(r) for r in rows) // PROMPT_BUCKET) * PROMPT_BUCKET
-    ids = np.full((batch_size, width), pad_id, np.int32)
-    mask = np.zeros((batch_size, width), np.int32)
-    for i in range(batch_size):
-        row = rows[i] if i < len(rows) else rows[0]
-        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
-    return ids, mask
-
-
-def sample_completions(model: CausalLM, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], num_samples: int,
-                       sampling: Sampling, eos_ids: Sequence[int], batch_size: int = 32,
-                       label: str = "generate") -> list[list[tuple[str, int]]]:
-    """`num_samples` completions (text, generated tokens) per prompt, longest prompts first, with progress."""
-    encoded = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-    jobs = sorted(((i, s) for i in range(len(prompts)) for s in range(num_samples)), key=lambda j: -len(encoded[j[0]]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    results: list[list[tuple[str, int]]] = [[("", 0)] * num_samples for _ in prompts]
-    start, tokens = time.perf_counter(), 0
-    for first in range(0, len(jobs), batch_size):
-        batch = jobs[first:first + batch_size]
-        ids, mask = _left_pad([encoded[i] for i, _ in batch], batch_size, pad_id)
-        out = generate(model, ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
-                       temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                       min_p=sampling.min_p, eos_token_id=list(eos_ids), pad_token_id=pad_id,
-                       seed=sampling.seed + first, stop_strings=sampling.stop_strings or None, tokenizer=tokenizer)
-        texts, lengths = completion_texts(out, tokenizer, sampling.stop_strings), np.asarray(out.lengths)
-        for row, (i, s) in enumerate(batch):
-            results[i][s] = (texts[row], int(lengths[row]))
-        tokens += int(lengths[:len(batch)].sum())
-        done, elapsed = first + len(batch), time.perf_counter() - start
-        print(f"[{label}] {done}/{len(jobs)} samples | {tokens} tokens | {tokens / elapsed:.1f} tok/s | "
-              f"{elapsed:.0f}s elapsed, ~{elapsed / done * (len(jobs) - done):.0f}s left", flush=True)
-    return results
-
-
-def extract_answers(completions: Sequence[str], fmt: PromptFormat,
-                    fallback_last_number: bool = False) -> list[str | None]:
-    """Each completion's final answer in the format's style; `pot` programs are run in the sandbox."""
-    if fmt.extraction_style != "pot":
-        return [extract_answer(c, fmt.extraction_style, fallback_last_number) for c in completions]
-    from jaxmath.verify.rewards import run_completions
-
-    return [r.value if r is not None and r.ok else None for r in run_completions(completions)]
-
-
-def grade_answers(verifier: Verifier, answers: Sequence[str | None], golds: Sequence[str]) -> list[Verdict]:
-    """Verdicts for extracted answers (WRONG "no answer" where none was found)."""
-    found = [i for i, a in enumerate(answers) if a is not None]
-    verdicts = [Verdict(Outcome.WRONG, "no answer")] * len(answers)
-    for i, verdict in zip(found, verifier.compare_batch([answers[i] for i in found], [golds[i] for i in found])):
-        verdicts[i] = verdict
-    return verdicts
+    return format_table([["benchmark", "n", *metrics]] + [
+        [name, str(row["n"]), *(f"{100 * row[m]:.1f}" if m in row else "-" for m in metrics)]
+        for name, row in summary.items()])
 
 
 def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, tokenizer: PreTrainedTokenizerBase,
@@ -271,7 +102,7 @@ def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, to
     samples with the verifier's feedback (jaxmath.revise) and adds pass@1 after each round; with a PRM
     `scorer`, each row gets its step scores and their `prm_aggregation`, and the metrics prm@N (the
     top-scored sample's accuracy)."""
-    from jaxmath.revise import check_attempts, repair_metrics, revise, revision_history, round_seed
+    from jaxmath.revise import check_attempts, repair_metrics, revise, revision_history
 
     prompts = [render_prompt(fmt, r.question, tokenizer) for r in records]
     completions = sample_completions(model, tokenizer, prompts, num_samples, sampling, eos_ids, batch_size, name)
@@ -344,66 +175,3 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
             samples.flush()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Evaluate a model on math benchmarks: pass@1, maj@k and unbiased pass@k, written to --out."""
-    parser = argparse.ArgumentParser(prog=prog, description=main.__doc__)
-    parser.add_argument("--model", required=True, help="HF checkpoint directory or jaxmath model directory")
-    parser.add_argument("--benchmarks", nargs="+", required=True, metavar="NAME",
-                        help=f"benchmarks to run: {', '.join(BENCHMARKS)}")
-    parser.add_argument("--data-dir", default=os.environ.get("JAXMATH_DATA_DIR"),
-                        help="local benchmark folder (<dir>/<benchmark>/test.jsonl); default $JAXMATH_DATA_DIR, "
-                             "else the Hugging Face Hub")
-    parser.add_argument("--format", default="boxed", choices=sorted(FORMATS), help="prompt format (default boxed)")
-    parser.add_argument("--num-samples", type=int, default=1, help="samples per problem (k of maj@k and pass@k)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--min-p", type=float, default=0.0)
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                        help="stop string (repeatable); plain-text prompts stop at '\\nQuestion:' by default")
-    parser.add_argument("--batch-size", type=int, default=32, help="rows per generate call")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
-    parser.add_argument("--verifier-workers", type=int, default=None, help="grading processes (default: CPU cores)")
-    parser.add_argument("--fallback-last-number", action="store_true",
-                        help="grade the last number when no final-answer marker is found (base models)")
-    parser.add_argument("--repair-rounds", type=int, default=0, metavar="R",
-                        help="revise failed samples up to R times with the verifier's verdict (and the sandbox "
-                             "error for pot) as feedback; adds pass@1_after_repair_1..R")
-    parser.add_argument("--select", choices=["majority", "prm"], default="majority",
-                        help="how to pick one of the N samples besides pass@k: majority vote (maj@N, always "
-                             "reported) or also the top-scored by a process reward model (prm@N; needs --prm)")
-    parser.add_argument("--prm", default=None, metavar="PATH",
-                        help="PRM directory (jaxmath or HF token classifier, trained in --format) for --select prm")
-    parser.add_argument("--prm-aggregation", choices=sorted(STEP_AGGREGATIONS), default="min",
-                        help="how a sample's step scores become one score (default min)")
-    parser.add_argument("--require-sandbox", nargs="+", default=[], choices=LAYERS, metavar="LAYER",
-                        help="fail at start unless the program sandbox (--format pot runs each program there) gets "
-                             f"these isolation layers on this machine (layers: {', '.join(LAYERS)})")
-    parser.add_argument("--out", required=True, help="output directory for samples.jsonl and summary.json")
-    args = parser.parse_args(argv)
-    if (args.select == "prm") != (args.prm is not None):
-        parser.error("--select prm and --prm PATH go together")
-    if args.num_samples > 1 and args.temperature == 0.0:
-        print("warning: --num-samples > 1 with greedy decoding gives identical samples", file=sys.stderr)
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.min_p, args.seed,
-                        tuple(args.stop))
-    start = time.perf_counter()
-    try:
-        if args.require_sandbox:
-            require_layers(args.require_sandbox)
-        summary = evaluate(args.model, args.benchmarks, args.out, args.data_dir, args.format, args.num_samples,
-                           sampling, args.batch_size, args.limit, args.dtype, args.tokenizer, args.verifier_workers,
-                           args.fallback_last_number, args.repair_rounds, args.prm, args.prm_aggregation)
-    except (EvaluationError, CheckpointError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(format_table(summary))
-    print(f"wrote {Path(args.out) / 'samples.jsonl'} and summary.json in {time.perf_counter() - start:.1f}s")
-    return 0

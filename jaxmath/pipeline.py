@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jaxmath.commands import COMMANDS, run_command
 from jaxmath.config import ConfigError, load_config
 from jaxmath.tracking import LoggingSection, check_wandb, log_pipeline_report
 
@@ -41,6 +42,9 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: set exactly one of config (training) and command")
         if self.command is not None and (self.set or self.init_from):
             raise ValueError(f"stage {self.name!r}: set and init_from apply to training stages only")
+        if self.command is not None and (not self.command or self.command[0] not in COMMANDS):
+            raise ValueError(f"stage {self.name!r}: command {self.command[:1]} is not one a stage can run; stage "
+                             f"commands: {', '.join(COMMANDS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +101,8 @@ def run_stage(stage: Stage, out: Path, names: list[str], logging: LoggingSection
     """Run one stage (resuming a training run from its own checkpoints); returns its summary."""
     (out / stage.name).mkdir(parents=True, exist_ok=True)
     if stage.command is not None:
-        from jaxmath.cli import main as jaxmath_main
-
         argv = [_expand(a, stage, out, names) for a in stage.command]
-        code = jaxmath_main(argv)
+        code = run_command(argv)
         if code != 0:
             raise RuntimeError(f"stage {stage.name}: `jaxmath {' '.join(argv)}` exited with {code}")
         return {"command": argv}
@@ -152,7 +154,7 @@ def run_pipeline(config: PipelineConfig, output_dir: str | Path | None = None,
     return summaries
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def pipeline_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run a multi-stage pipeline config; finished stages are skipped, an interrupted one resumes."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

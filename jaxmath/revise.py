@@ -12,23 +12,14 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 from jaxmath.data.formats import PromptFormat
-from jaxmath.evaluation import extract_answers, grade_answers
 from jaxmath.verify import Verifier
-from jaxmath.verify.rewards import extract_program, run_completions
+from jaxmath.verify.answers import (PROGRAM_STYLE, extract_answers, extract_program, grade_answers, program_answers,
+                                    run_completions)
 from jaxmath.verify.verdict import Outcome, Verdict
 
 Respond = Callable[[list[list[dict[str, str]]], int], list[str]]  # (conversations, round) -> one completion each
 ERROR_CHARS = 1500  # the tail of a sandbox error that feedback quotes
 ANSWER_CHARS = 200  # the head of a wrong answer that feedback quotes
-ROUND_SEED_STRIDE = 1_000_003  # revision round r samples with seed + r * stride, far from the sampler's batch offsets
-
-
-def round_seed(sampling: Any, round_: int) -> Any:
-    """`sampling` (a dataclass with `seed`) for revision round `round_`: a seed of its own, so the coin flips of
-    one round do not repeat those of the last."""
-    return dataclasses.replace(sampling, seed=sampling.seed + round_ * ROUND_SEED_STRIDE)
-
-
 @dataclasses.dataclass(frozen=True)
 class Attempt:
     """One graded completion; for programs also what ran and how the sandbox ended it."""
@@ -48,11 +39,12 @@ class Attempt:
 def check_attempts(completions: Sequence[str], golds: Sequence[str], fmt: PromptFormat, verifier: Verifier, *,
                    fallback_last_number: bool = False, timeout: float | None = None) -> list[Attempt]:
     """Grade completions against golds in the format's style; `pot` programs run in the sandbox."""
-    if fmt.extraction_style == "pot":
+    if fmt.extraction_style == PROGRAM_STYLE:
         results = run_completions(completions, timeout)
-        answers = [r.value if r is not None and r.ok else None for r in results]
+        answers = program_answers(results)
     else:
-        results, answers = [None] * len(completions), extract_answers(completions, fmt, fallback_last_number)
+        results = [None] * len(completions)
+        answers = extract_answers(completions, fmt.extraction_style, fallback_last_number)
     verdicts = grade_answers(verifier, answers, golds)
     return [Attempt(text, answer, verdict, extract_program(text) if result is not None else None,
                     result.status if result is not None else None, result.error if result is not None else None)

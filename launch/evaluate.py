@@ -7,7 +7,7 @@
 """
 import sys
 
-from jaxmath.evaluation import main
+from jaxmath.commands.evaluate import eval_main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="launch/evaluate.py"))
+    sys.exit(eval_main(prog="launch/evaluate.py"))

@@ -9,7 +9,7 @@ stages and resumes an interrupted one from its last checkpoint.
 """
 import sys
 
-from jaxmath.pipeline import main
+from jaxmath.pipeline import pipeline_main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="launch/pipeline.py"))
+    sys.exit(pipeline_main(prog="launch/pipeline.py"))

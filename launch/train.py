@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train with a YAML config: SFT, DPO and PRM share the same loop and step factory (`objective:`).
+"""Train with a YAML config: SFT, DPO, PRM and GRPO share the one loop and step factory (`objective:`).
 
     python launch/train.py --config configs/sft/tiny-cpu.yaml
     python launch/train.py --config configs/sft/qwen2.5-math-1.5b.yaml --set optimizer.lr=1e-5
@@ -14,7 +14,7 @@ Multi-host: the same command on every host; jax.distributed starts from the SLUR
 """
 import sys
 
-from jaxmath.cli import train_main
+from jaxmath.commands.train import train_main
 
 if __name__ == "__main__":
     sys.exit(train_main())

@@ -57,7 +57,7 @@ def train_losses() -> list[float]:
     from jaxmath.train.optimizer import OptimizerConfig, make_optimizer
     from jaxmath.train.state import init_train_state, param_shardings, state_shardings
     from jaxmath.train.step import batch_shardings, make_train_step
-    from jaxmath.train.trainer import to_global
+    from jaxmath.train.step import to_global
 
     config = ModelConfig.from_hf(TINY_MODEL)
     mesh = make_mesh(MESH)
@@ -117,6 +117,7 @@ def grpo_run(output_dir: str, train_file: str) -> dict:
     from jax.experimental import multihost_utils
 
     import jaxmath.train.rl as rl
+    from jaxmath.train.trainer import train
 
     local_rewards = []
     score = rl.score
@@ -127,7 +128,7 @@ def grpo_run(output_dir: str, train_file: str) -> dict:
         return scored
 
     rl.score = recording_score
-    rl.train_grpo(grpo_config(train_file), output_dir, progress=False)
+    train(grpo_config(train_file), output_dir, progress=False)
     multihost_utils.sync_global_devices("metrics written")
     rows = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
     return {"rows": rows, "local_rewards": local_rewards, "process": jax.process_index()}

@@ -7,9 +7,9 @@ import warnings
 import pytest
 
 from jaxmath import cli
-from jaxmath.data.__main__ import main, parse_splits
+from jaxmath.commands.data import main, parse_splits
 from jaxmath.data.benchmarks import EvalSplitError
-from jaxmath.data.builder import BuildConfig, EvalSplitWarning, build, sample, split_evenly
+from jaxmath.data.builder import BuildConfig, EvalSplitWarning, build, split_evenly, subsample
 from jaxmath.data.readers import BadRowWarning
 from jaxmath.data.sources import load_source
 from test_data_decontaminate import printed_removed
@@ -122,7 +122,7 @@ def test_help_names_the_command_it_was_invoked_as(capsys):
         assert exit_info.value.code == 0 and capsys.readouterr().out.startswith(usage)
     with pytest.raises(SystemExit):
         main(["build", "--help"])
-    assert capsys.readouterr().out.startswith("usage: python -m jaxmath.data build")
+    assert capsys.readouterr().out.startswith("usage: jaxmath data build")
 
 
 def test_threshold_controls_what_counts_as_contaminated(tmp_path):
@@ -187,6 +187,6 @@ def test_config_errors_name_the_problem(tmp_path):
 
 
 def test_sampling_helpers():
-    assert sample(list(range(10)), 4, seed=1) == sample(list(range(10)), 4, seed=1)
-    assert sorted(sample(list(range(10)), 4, seed=1)) == sample(list(range(10)), 4, seed=1)
+    assert subsample(list(range(10)), 4, seed=1) == subsample(list(range(10)), 4, seed=1)
+    assert sorted(subsample(list(range(10)), 4, seed=1)) == subsample(list(range(10)), 4, seed=1)
     assert split_evenly(7, ["a", "b", "c"]) == {"a": 3, "b": 2, "c": 2}

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from jaxmath import evaluation
 from jaxmath.data import benchmarks
-from jaxmath.data.__main__ import main
+from jaxmath.commands.data import main
 from jaxmath.data.builder import BuildConfig, build
 from jaxmath.data.decontaminate import Match, NgramIndex, default_eval_sets, eval_questions, ngrams, words
 from jaxmath.data.readers import FieldMap, SkipLog
@@ -48,7 +48,7 @@ def test_overlap_is_shared_grams_over_the_shorter_texts_grams():
 
 
 def test_the_benchmark_table_is_shared_with_evaluation():
-    assert evaluation.BENCHMARKS is benchmarks.BENCHMARKS
+    assert evaluation.load_benchmark is benchmarks.load_benchmark  # evaluation reads the same table
     assert default_eval_sets(DATA) == ["gsm8k", "svamp", "minerva_math", "amc23"]
     assert default_eval_sets(DATA, exclude=["svamp"]) == ["gsm8k", "minerva_math", "amc23"]
     assert default_eval_sets(None) == []

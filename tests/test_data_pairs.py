@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxmath.data.__main__ import main as data_main
+from jaxmath.commands.data import main as data_main
 from jaxmath.data.pairs import PairConfig, Sampled, build_pairs, group_samples, normal_form, strip_program
 from jaxmath.data.readers import BadRowError, BadRowWarning, Located, SkipLog
 from test_data_decontaminate import printed_removed

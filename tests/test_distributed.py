@@ -97,7 +97,10 @@ def test_sft_evaluates_uneven_rows_and_exports_across_two_processes(tmp_path):
     import transformers
 
     import jaxmath
-    from jaxmath.train.trainer import build_run, evaluate, evaluate_accuracy, load_params
+    from jaxmath.train.run import held_out_accuracy as evaluate_accuracy
+    from jaxmath.train.run import held_out_figures as evaluate
+    from jaxmath.train.run import load_params
+    from jaxmath.train.trainer import build_run
 
     train_file = write_records(tmp_path / "train.jsonl", 64, seed=0)
     eval_file = write_records(tmp_path / "eval.jsonl", 9, seed=1)
@@ -132,7 +135,7 @@ def test_grpo_metrics_cover_both_processes_and_equal_one_process(tmp_path):
     boundary) log the metrics one process with 8 devices logs. Every prompt is the same problem, so both runs
     sample the same global batch (rows differ only by their position's random stream) and the rewards differ
     row by row; the figures must cover every process's rows, not process 0's alone."""
-    from jaxmath.train.rl import train_grpo
+    from jaxmath.train.trainer import train as train_grpo
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "question": "What is 17 + 25?", "answer": "42"}) + "\n"

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from jaxmath.data.tokenizer import train_tokenizer
-from jaxmath.evaluation import benchmark_metrics, format_table, main, majority_correct, pass_at_k
+from jaxmath.commands.evaluate import eval_main as main
+from jaxmath.evaluation import benchmark_metrics, majority_correct, pass_at_k, summary_table
 from tiny_hf import tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -49,7 +50,7 @@ def test_benchmark_metrics_by_hand():
         "pass@4": pytest.approx(1.0),
         "n": 2,
     }
-    table = format_table({"gsm8k": metrics})
+    table = summary_table({"gsm8k": metrics})
     assert "gsm8k" in table and "50.0" in table and "maj@4" in table
 
 

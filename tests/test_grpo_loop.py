@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from jaxmath.config import ConfigError, from_dict
-from jaxmath.train.config import TrainConfig
+from jaxmath.inference.config import Sampling
+from jaxmath.train.config import GRPOSection, TrainConfig
 from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, reward_statistics, take_rows,
                                    train_batch, useful_groups)
 
@@ -82,7 +83,8 @@ TINY: dict = {
     "optimizer": {"lr": 1e-3, "schedule": "constant", "clip_norm": 1.0},
     "data": {"synthetic": {"arithmetic__add_small": 64}, "eval_fraction": 0.1, "format": "boxed",
              "tokenizer": "train", "tokenizer_vocab_size": 300},
-    "grpo": {"group_size": 4, "prompts_per_step": 4, "max_prompt_len": 80, "max_new_tokens": 12,
+    "grpo": {"group_size": 4, "prompts_per_step": 4, "max_prompt_len": 80,
+             "sampling": {"max_new_tokens": 12},
              "rewards": {"correctness": 1.0, "length_bonus": 0.1}, "reward_params": {"length_bonus": {"target_tokens": 12}},
              "loss": {"beta": 0.04, "epsilon_high": 0.28}, "mu": 2, "minibatches": 2,
              "ref_refresh_every": 2},
@@ -112,6 +114,23 @@ def test_config_errors_name_the_key():
         from_dict(TrainConfig, raw)
 
 
+def test_rollout_sampling_is_one_nested_section_and_old_flat_keys_show_the_new_spelling():
+    section = from_dict(GRPOSection, {"sampling": {"temperature": 0.7, "min_p": 0.05}})
+    # keys left out keep the section's defaults (256 new tokens), not the Sampling class's (1024)
+    assert section.sampling == Sampling(max_new_tokens=256, temperature=0.7, min_p=0.05)
+    assert tiny().grpo.sampling == Sampling(max_new_tokens=12, temperature=1.0)
+    with pytest.raises(ConfigError, match=r"grpo.temperature is now grpo.sampling.temperature "
+                                          r"\(write `sampling: \{temperature: 0.9\}`\)"):
+        tiny(grpo={"temperature": 0.9})
+    with pytest.raises(ConfigError, match=r"grpo.stop_strings is now grpo.sampling.stop_strings .*"
+                                          r"grpo.top_p is now grpo.sampling.top_p"):
+        tiny(grpo={"top_p": 0.9, "stop_strings": ["\n\n"]})
+    with pytest.raises(ConfigError, match="grpo.sampling.temperature must be > 0"):
+        tiny(grpo={"sampling": {"temperature": 0.0}})
+    with pytest.raises(ConfigError, match="sampling.min_p must be in"):
+        tiny(grpo={"sampling": {"min_p": 2.0}})
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -122,8 +141,9 @@ def test_sampler_logprobs_equal_the_loss_forward(tmp_path):
     from jaxmath.data.formats import get_format
     from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
     from jaxmath.models.transformer import build_model
-    from jaxmath.train.rl import build_rl_run, sample
-    from jaxmath.train.trainer import to_global
+    from jaxmath.train.rl import sample
+    from jaxmath.train.step import to_global
+    from jaxmath.train.trainer import build_rl_run
 
     rl = build_rl_run(tiny(mesh={"data": 2, "fsdp": 2, "tensor": 2}), tmp_path)
     params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build_model(rl.run.model_config, 3))),
@@ -149,7 +169,7 @@ def _rows(path):
 
 @pytest.mark.slow
 def test_loop_logs_metrics_and_resumes_exactly(tmp_path):
-    from jaxmath.train.rl import train_grpo
+    from jaxmath.train.trainer import train as train_grpo
 
     straight = train_grpo(tiny(), tmp_path / "straight", progress=False)
     rows = _rows(tmp_path / "straight")

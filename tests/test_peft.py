@@ -174,7 +174,8 @@ def test_lora_run_exports_an_adapter_and_training_continues_from_one(tmp_path):
     from jaxmath.checkpoint.peft_io import load_adapter
     from jaxmath.config import load_config
     from jaxmath.train.config import TrainConfig
-    from jaxmath.train.trainer import build_run, load_params, train
+    from jaxmath.train.run import load_params
+    from jaxmath.train.trainer import build_run, train
 
     tiny = Path(__file__).resolve().parents[1] / "configs" / "sft" / "tiny-cpu.yaml"
     base_dir = arithmetic_base(tmp_path / "base")

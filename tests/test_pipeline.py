@@ -53,3 +53,19 @@ def test_pipeline_config_errors_name_the_stage(tmp_path):
         run_pipeline(config, tmp_path / "out")
     with pytest.raises(ConfigError, match="--from-stage 'dpo' is not a stage"):
         run_pipeline(config, tmp_path / "out", from_stage="dpo")
+
+
+def test_command_stages_run_commands_from_the_registry(tmp_path, capsys):
+    stage = {"name": "data", "command": ["data", "build", "--include-synthetic", "--generators",
+                                         "arithmetic__add_small", "--synthetic-samples", "5", "--quiet",
+                                         "--output", "{stage}/train.jsonl"]}
+    summaries = run_pipeline(from_dict(PipelineConfig, {"stages": [stage]}), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and all(row["answer"] for row in rows)
+    assert summaries["data"]["command"][-1] == str(tmp_path / "data" / "train.jsonl")
+    failing = {"name": "pairs", "command": ["data", "pairs", "--input", "{out}/none.jsonl", "--output", "x.jsonl"]}
+    with pytest.raises(RuntimeError, match="stage pairs: `jaxmath data pairs --input .*none.jsonl .*` exited with 1"):
+        run_pipeline(from_dict(PipelineConfig, {"stages": [failing]}), tmp_path)
+    with pytest.raises(ConfigError, match=r"stage 'p': command \['pipeline'\] is not one a stage can run; stage "
+                                          r"commands: convert, data, eval"):
+        from_dict(PipelineConfig, {"stages": [{"name": "p", "command": ["pipeline", "--config", "p.yaml"]}]})

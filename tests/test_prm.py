@@ -9,12 +9,15 @@ import pytest
 from flax import nnx
 
 from jaxmath.checkpoint.pretrained import save_jaxmath
-from jaxmath.data import __main__ as data_cli
+from jaxmath.commands import data as data_cli
+from jaxmath.commands.options import PRM_AGGREGATIONS
 from jaxmath.data.encode import STEP_SEPARATOR, encode_prm_trace
 from jaxmath.data.formats import get_format, render_prompt
 from jaxmath.data.pipelines import PipelineOptions, prm_pipeline
 from jaxmath.data.tokenizer import train_tokenizer
-from jaxmath.evaluation import Sampling, main as evaluate_main, sample_completions
+from jaxmath.commands.evaluate import eval_main as evaluate_main
+from jaxmath.inference.completions import sample_completions
+from jaxmath.inference.config import Sampling
 from jaxmath.models import CausalLM, ModelConfig, build_model
 from jaxmath.objectives import IGNORE_LABEL, best_of_n, make_loss, roc_auc
 from jaxmath.objectives.prm import STEP_AGGREGATIONS
@@ -336,7 +339,7 @@ def test_prm_step_bonus_is_a_reward_function(trained, held_out):
 
 @pytest.mark.slow
 def test_prm_steps_is_a_registered_reward_grpo_configs_can_weight(trained, held_out):
-    from jaxmath.verify.rewards import combine_rewards
+    from jaxmath.rewards import combine_rewards
 
     p = held_out[0]
     completions = [solution_text(c["steps"]) for c in p["candidates"][:3]]
@@ -372,7 +375,7 @@ def test_prm_filter_help(capsys):
         data_cli.main(["prm-filter", "--help"])
     assert exit_info.value.code == 0
     assert "--threshold" in capsys.readouterr().out
-    assert data_cli.PRM_AGGREGATIONS == tuple(STEP_AGGREGATIONS)
+    assert PRM_AGGREGATIONS == tuple(STEP_AGGREGATIONS)
 
 
 # ---------------------------------------------------------------- evaluation --select prm

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from jaxmath.data.__main__ import main as data_main
+from jaxmath.commands.data import main as data_main
 from jaxmath.data.formats import get_format, render_messages
 from jaxmath.data.readers import read_records
 from jaxmath.data.tokenizer import train_tokenizer
-from jaxmath.evaluation import main as evaluate_main
+from jaxmath.commands.evaluate import eval_main as evaluate_main
 from jaxmath.revise import check_attempts, feedback_text, repair_metrics, revise, revision_messages
 from jaxmath.verify import Verifier
 from test_evaluation import FIXTURES, scripted_model

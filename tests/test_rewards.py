@@ -7,7 +7,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from jaxmath import rewards as registry
 from jaxmath.verify import rewards as R
+from jaxmath.verify.answers import extract_program
 
 GOOD = "<think>\nabc\n</think>\n<answer>\n42\n</answer>"
 STEPS = ("<begin_steps><STEP 1> He buys 10 boxes of 7 @@@@ 10 * 7 = 70 @@@@ </STEP>\n"
@@ -101,7 +103,7 @@ def test_step_rewards_by_hand():
 
 def test_combine_rewards_weights_and_logs_each_function():
     texts = [GOOD, "<think>abc</think> <answer>42</answer>"]
-    total, per = R.combine_rewards(texts, _ex(2), {"format_strict": 2.0, "format_relaxed": 0.5, "brevity": 1.0},
+    total, per = registry.combine_rewards(texts, _ex(2), {"format_strict": 2.0, "format_relaxed": 0.5, "brevity": 1.0},
                                    params={"brevity": {"per_token": -0.01}}, num_tokens=[10, 20])
     np.testing.assert_allclose(per["format_strict"], [1, 0])
     np.testing.assert_allclose(per["format_relaxed"], [1, 1])
@@ -119,12 +121,12 @@ def test_combine_rewards_weights_and_logs_each_function():
 ])
 def test_combine_rewards_rejects_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        R.combine_rewards([GOOD], _ex(1), **kwargs)
+        registry.combine_rewards([GOOD], _ex(1), **kwargs)
 
 
 def test_combine_rewards_rejects_mismatched_batch():
     with pytest.raises(ValueError, match="2 completions but 1 examples"):
-        R.combine_rewards([GOOD, GOOD], _ex(1), {"tag_count": 1.0})
+        registry.combine_rewards([GOOD, GOOD], _ex(1), {"tag_count": 1.0})
 
 
 # --- answers (verifier and sandbox) ---------------------------------------------------------------
@@ -154,7 +156,7 @@ def test_program_execution_runs_in_the_sandbox():
              "```python\nanswer = 1\n```\nfixed:\n```python\nanswer = 42\n```"]
     scores = R.program_execution(texts, _ex(len(texts)))
     np.testing.assert_array_equal(scores, [1, 0, 0, 0, 1, 0, 1])
-    assert R.extract_program("```python\nx = 1\n```") == "x = 1\n"
+    assert extract_program("```python\nx = 1\n```") == "x = 1\n"
 
 
 def test_answer_rewards_name_a_missing_answer():

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from jaxmath.verify import rewards as R
+from jaxmath import rewards as R
 
 
 def _flaky(completions, examples):
@@ -28,7 +28,7 @@ def flaky(monkeypatch):
 def test_a_raising_row_scores_zero_and_is_counted_and_logged_once(flaky, caplog):
     failures = R.RewardFailures()
     texts = ["abcd", "boom", "ab", "kaboom!"]
-    with caplog.at_level(logging.ERROR, logger="jaxmath.verify.rewards"):
+    with caplog.at_level(logging.ERROR, logger="jaxmath.rewards"):
         scores = R.guarded_scores(flaky, texts, [{}] * 4, failures)
         again = R.guarded_scores(flaky, ["boom", "abcdef"], [{}] * 2, failures)
     np.testing.assert_array_equal(scores, [2, 0, 1, 0])
@@ -93,7 +93,7 @@ def test_grpo_logs_reward_errors_and_keeps_training(tmp_path, monkeypatch, caplo
     it raised on, per function, and the first traceback is logged once."""
     from test_grpo_loop import tiny
 
-    from jaxmath.train.rl import train_grpo
+    from jaxmath.train.trainer import train as train_grpo
 
     raised = []
 
@@ -107,7 +107,7 @@ def test_grpo_logs_reward_errors_and_keeps_training(tmp_path, monkeypatch, caplo
     monkeypatch.setitem(R.REWARDS, "odd_length_fails", odd_length_fails)
     config = tiny(train={"steps": 2}, grpo={"rewards": {"correctness": 1.0, "length_bonus": 0.1,
                                                                 "odd_length_fails": 0.5}})
-    with caplog.at_level(logging.ERROR, logger="jaxmath.verify.rewards"):
+    with caplog.at_level(logging.ERROR, logger="jaxmath.rewards"):
         summary = train_grpo(config, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "reward_mean" in r]

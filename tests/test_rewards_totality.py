@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jaxmath import rewards as registry
 from jaxmath.verify import rewards as R
 
 N = 100_000  # characters of the long adversarial texts
@@ -88,7 +89,7 @@ def _params(name: str, request: pytest.FixtureRequest) -> dict:
 
 def _check(name: str, texts: list[str], params: dict) -> np.ndarray:
     examples = [{"question": "What is 6 * 7?", "answer": "42"}] * len(texts)
-    scores = R.get_reward(name, **params)(texts, examples)
+    scores = registry.get_reward(name, **params)(texts, examples)
     assert isinstance(scores, np.ndarray) and scores.dtype == np.float32, name
     assert scores.shape == (len(texts),), name
     assert np.all(np.isfinite(scores)), (name, texts, scores)
@@ -96,7 +97,7 @@ def _check(name: str, texts: list[str], params: dict) -> np.ndarray:
 
 
 def _registry():
-    return [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else []) for name in sorted(R.REWARDS)]
+    return [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else []) for name in sorted(registry.REWARDS)]
 
 
 @pytest.mark.parametrize("name", _registry())

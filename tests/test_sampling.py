@@ -11,7 +11,7 @@ import jaxmath
 from jaxmath.data.tokenizer import train_tokenizer
 from jaxmath.models import ModelConfig, build_model
 from jaxmath.parallel import make_mesh
-from jaxmath.sampling import (completion_texts, stop_string_hits, stop_tables_from_texts, truncate_at_stop,
+from jaxmath.inference.sampler import (completion_texts, stop_string_hits, stop_tables_from_texts, truncate_at_stop,
                               warp_logits)
 from tiny_hf import hf_logits, save_tiny, tiny_config, tiny_model
 

@@ -65,7 +65,7 @@ def test_required_layers_that_are_achieved_start_and_unknown_names_are_refused(b
 
 def test_config_sections_and_flags_take_sandbox_require(tmp_path, capsys):
     from jaxmath.config import ConfigError, from_dict
-    from jaxmath.data.__main__ import main as data_main
+    from jaxmath.commands.data import main as data_main
     from jaxmath.synthesis.config import SynthesisConfig
     from jaxmath.train.config import TrainConfig
 
@@ -207,7 +207,7 @@ def test_grpo_records_the_layers_in_its_first_metrics_row(tmp_path):
     from jaxmath.config import load_config
     from jaxmath.train.config import TrainConfig
     from jaxmath.train.metrics import read_metrics
-    from jaxmath.train.rl import train_grpo
+    from jaxmath.train.trainer import train as train_grpo
 
     layers = shared_sandbox().layers
     config = load_config(TrainConfig, os.path.join(REPO, "configs/grpo/tiny-cpu.yaml"),

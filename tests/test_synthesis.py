@@ -9,12 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from jaxmath.data.__main__ import main as data_main
+from jaxmath.commands.data import main as data_main
 from jaxmath.data.encode import encode_preference
 from jaxmath.data.formats import get_format
 from jaxmath.data.readers import read_records
 from jaxmath.data.tokenizer import train_tokenizer
-from jaxmath.evaluation import Sampling
+from jaxmath.inference.config import Sampling
 from jaxmath.synthesis import AskCounts, ChatCompletionsTeacher, CompletionCache, TeacherError, ask, cache_key
 from jaxmath.synthesis.chat import retry_after_seconds
 from jaxmath.verify.sandbox import shared_sandbox
@@ -343,3 +343,14 @@ def test_config_file_flags_and_environment_fallbacks(server, tmp_path, monkeypat
     assert data_main(["synthesize", "--config", str(config), "--quiet"]) == 0
     assert (server.requests[-1]["auth"], server.requests[-1]["body"]["model"]) == ("Bearer sk-openai", "env-model")
     assert "[synthesize]" not in capsys.readouterr().err
+
+
+def test_sampling_settings_nest_under_sampling_and_flat_keys_show_the_new_spelling(tmp_path):
+    from jaxmath.config import ConfigError, from_dict
+    from jaxmath.synthesis.config import SynthesisConfig
+
+    config = from_dict(SynthesisConfig, {"output": "o.jsonl", "sampling": {"seed": 3, "stop_strings": ["\n\n"]}})
+    assert config.sampling == Sampling(max_new_tokens=1024, temperature=0.7, seed=3, stop_strings=("\n\n",))
+    with pytest.raises(ConfigError, match=r"stop is now sampling.stop_strings \(write `sampling: "
+                                          r"\{stop_strings: \[\"END\"\]\}`\); temperature is now sampling.temperature"):
+        from_dict(SynthesisConfig, {"output": "o.jsonl", "temperature": 0.2, "stop": ["END"]})

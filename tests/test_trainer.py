@@ -93,7 +93,7 @@ def test_run_writes_every_file_and_learns(records, reference_run):
 # known step, with no cleanup (as the OOM killer or a pre-emption would), whatever the machine's speed.
 KILL_AT_STEP = """
 import os, signal, sys
-from jaxmath.cli import train_main
+from jaxmath.commands.train import train_main
 from jaxmath.train.metrics import MetricsWriter
 
 kill_at, write = int(sys.argv[1]), MetricsWriter.write
@@ -185,17 +185,28 @@ def test_config_errors_name_the_key(tmp_path):
 GRPO_TINY = ROOT / "configs" / "grpo" / "tiny-cpu.yaml"
 
 
+@pytest.mark.parametrize("config,settings,says", [
+    (TINY, ["optimizer.warmup_steps=80"], ["optimizer.warmup_steps=80", "train.steps"]),
+    (GRPO_TINY, ["optimizer.warmup_steps=17"],
+     ["optimizer.warmup_steps=17", "16 optimizer steps (train.steps * grpo.mu * grpo.minibatches)"]),
+])
+def test_a_warmup_longer_than_a_short_run_is_a_warning_naming_both(config, settings, says, caplog):
+    with caplog.at_level("WARNING", logger="jaxmath.train.config"):
+        load_config(TrainConfig, config, settings)
+    assert all(text in caplog.text for text in says)
+
+
 @pytest.mark.parametrize("config,settings,keys", [
     # Dr. GRPO's constant normaliser is the generation budget
     (GRPO_TINY, ["grpo.loss.aggregation=constant", "grpo.loss.max_completion_length=100"],
-     ["grpo.loss.max_completion_length=100", "grpo.max_new_tokens=24"]),
+     ["grpo.loss.max_completion_length=100", "grpo.sampling.max_new_tokens=24"]),
     (GRPO_TINY, ["grpo.loss.max_completion_length=24"],
      ["grpo.loss.max_completion_length", "grpo.loss.aggregation='token_mean'"]),
     (GRPO_TINY, ["grpo.loss.beta=0", "grpo.ref_refresh_every=2"], ["grpo.ref_refresh_every=2", "grpo.loss.beta=0"]),
     # sequences fit the model's context
     (TINY, ["data.seq_len=1024"], ["data.seq_len = 1024", "model.init.max_position_embeddings = 512"]),
-    (GRPO_TINY, ["grpo.max_prompt_len=400", "grpo.max_new_tokens=200"],
-     ["grpo.max_prompt_len + grpo.max_new_tokens = 600", "model.init.max_position_embeddings = 512"]),
+    (GRPO_TINY, ["grpo.max_prompt_len=400", "grpo.sampling.max_new_tokens=200"],
+     ["grpo.max_prompt_len + grpo.sampling.max_new_tokens = 600", "model.init.max_position_embeddings = 512"]),
     # a fitted tokenizer needs a fresh model that holds its vocabulary
     (TINY, ["model.init=null", "model.path=/models/any"], ["data.tokenizer=train", "model.path=/models/any"]),
     (TINY, ["model.init.vocab_size=300"], ["model.init.vocab_size=300", "data.tokenizer_vocab_size=384"]),
@@ -203,13 +214,10 @@ GRPO_TINY = ROOT / "configs" / "grpo" / "tiny-cpu.yaml"
     (TINY, ["optimizer.grad_accum=3"], ["data.batch_size=8", "optimizer.grad_accum=3"]),
     (GRPO_TINY, ["grpo.minibatches=4", "optimizer.grad_accum=3"], ["grpo.minibatches", "optimizer.grad_accum=3"]),
     # the learning-rate schedule covers the run
-    (TINY, ["optimizer.warmup_steps=80"], ["optimizer.warmup_steps=80", "train.steps"]),
     (TINY, ["optimizer.warmup_steps=30", "optimizer.total_steps=20"],
      ["optimizer.warmup_steps=30", "optimizer.total_steps=20"]),
     (TINY, ["optimizer.total_steps=40", "optimizer.min_lr_ratio=0"],
      ["optimizer.total_steps=40", "60 optimizer steps (train.steps)", "optimizer.min_lr_ratio=0"]),
-    (GRPO_TINY, ["optimizer.warmup_steps=17"],
-     ["optimizer.warmup_steps=17", "16 optimizer steps (train.steps * grpo.mu * grpo.minibatches)"]),
     # evaluation has held-out data
     (TINY, ["train.eval_every=30", "data.eval_fraction=0"], ["train.eval_every=30", "data.eval", "data.eval_fraction"]),
     (TINY, ["train.eval_every=0", "train.eval_generate=4", "data.eval_fraction=0"],
@@ -224,9 +232,9 @@ def test_settings_that_must_agree_are_refused_naming_both_keys(config, settings,
 
 
 def test_dr_grpo_constant_follows_max_new_tokens():
-    config = load_config(TrainConfig, GRPO_TINY, ["grpo.loss.aggregation=constant", "grpo.max_new_tokens=40"])
+    config = load_config(TrainConfig, GRPO_TINY, ["grpo.loss.aggregation=constant", "grpo.sampling.max_new_tokens=40"])
     assert config.grpo.loss.max_completion_length == 40
-    same = load_config(TrainConfig, GRPO_TINY, ["grpo.loss.aggregation=constant", "grpo.max_new_tokens=40",
+    same = load_config(TrainConfig, GRPO_TINY, ["grpo.loss.aggregation=constant", "grpo.sampling.max_new_tokens=40",
                                                 "grpo.loss.max_completion_length=40"])
     assert same.grpo.loss == config.grpo.loss
     # A schedule that ends early is fine when it ends above 0, and warmup may span a longer schedule's start.
@@ -250,3 +258,18 @@ def test_run_checks_the_pretrained_context_and_the_batch_split(records, tmp_path
     with pytest.raises(ValueError, match=r"data.batch_size=12 does not split over the mesh's 8 batch shards "
                                          r"\(mesh.data x mesh.fsdp = 8 x 1\)"):
         build_run(config, tmp_path / "b", with_data=False)
+
+
+def test_each_objective_has_its_own_task_and_an_unknown_one_is_refused_naming_the_known():
+    from types import SimpleNamespace
+
+    from jaxmath.train.tasks import DPOTask, GRPOTask, PRMTask, SFTTask, Task, task_for
+
+    expected = {"sft": SFTTask, "dpo": DPOTask, "prm": PRMTask, "grpo": GRPOTask}
+    for objective, kind in expected.items():
+        task = task_for(SimpleNamespace(objective=objective))  # task_for reads only the objective
+        assert type(task) is kind and isinstance(task, Task)
+    config = load_config(TrainConfig, TINY)
+    assert type(task_for(config)) is SFTTask and task_for(config) is not task_for(config)  # one per run
+    with pytest.raises(ValueError, match="unknown objective 'ppo'; known objectives: sft, dpo, prm, grpo"):
+        task_for(SimpleNamespace(objective="ppo"))

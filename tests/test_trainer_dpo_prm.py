@@ -16,9 +16,10 @@ from jaxmath.config import ConfigError, load_config
 from jaxmath.data.encode import encode_prm_trace
 from jaxmath.data.formats import get_format
 from jaxmath.data.tokenizer import load_tokenizer
-from jaxmath.train import trainer
+from jaxmath.train import reference, trainer
 from jaxmath.train.config import TrainConfig
-from jaxmath.train.trainer import build_run, dry_run, load_params, load_records, train
+from jaxmath.train.run import load_params
+from jaxmath.train.trainer import build_run, dry_run, load_records, train
 from tiny_hf import save_tiny, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +85,9 @@ def test_precomputed_reference_equals_the_on_the_fly_one(dpo_runs):
 @pytest.mark.slow
 def test_dpo_resume_reads_the_saved_reference_and_is_exact(dpo_runs, tmp_path, monkeypatch):
     train(config(DPO, **{"train.steps": 3}), tmp_path, progress=False)
-    monkeypatch.setattr(trainer, "precompute_reference", lambda *a: pytest.fail("reference recomputed on resume"))
-    monkeypatch.setattr(trainer, "load_params", lambda *a, **k: pytest.fail("weights loaded on resume"))
+    monkeypatch.setattr(reference, "precompute_reference", lambda *a: pytest.fail("reference recomputed on resume"))
+    for module in (trainer, reference):  # the run's weights, and the reference's
+        monkeypatch.setattr(module, "load_params", lambda *a, **k: pytest.fail("weights loaded on resume"))
     train(config(DPO), tmp_path, resume=True, progress=False)
     ref, resumed = losses(dpo_runs["precompute"]), losses(tmp_path)
     assert [resumed[s] for s in (4, 5, 6)] == [ref[s] for s in (4, 5, 6)]

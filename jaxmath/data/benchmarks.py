@@ -1,16 +1,20 @@
 """Evaluation benchmarks: which source and split each one scores on, so evaluation reads them and training refuses them.
 
-This table is the one statement of "which splits are evaluation splits": `jaxmath.evaluation` loads the
-benchmarks from it, and the dataset builder and the pair builder refuse those splits as training data
-(unless asked for by name) and decontaminate against the copies present under a data directory.
+This table is the one statement of "which splits are evaluation splits": `load_benchmark` reads a benchmark's
+problems from it (for `jaxmath.evaluation` and the pair builder), and the dataset builder and the pair builder
+refuse those splits as training data (unless asked for by name) and decontaminate against the copies present
+under a data directory.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
+from typing import Iterator
 
-from jaxmath.data.readers import FieldMap
-from jaxmath.data.sources import SOURCES, SourceSpec, local_files
+from jaxmath.data.readers import FieldMap, SkipLog, dataset_rows, file_rows, map_rows
+from jaxmath.data.schema import Record
+from jaxmath.data.sources import SOURCES, SourceError, SourceSpec, local_files
 
 
 ALLOW_FLAG = "--allow-eval-splits"  # the command-line opt-in to training on an evaluation split
@@ -92,3 +96,41 @@ def evaluation_splits() -> dict[str, list[str]]:
 def local_benchmarks(data_dir: str | os.PathLike) -> list[str]:
     """The benchmarks whose evaluation split is present under `data_dir` (in BENCHMARKS order)."""
     return [b.name for b in BENCHMARKS.values() if local_files(b.source, b.local_split, data_dir)]
+
+
+def _listing(path: Path) -> str:
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    return ", ".join(entries) if entries else "nothing"
+
+
+def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Record]:
+    """The problems of benchmark `name`: from `data_dir/<name>/` when given, else from the Hub."""
+    if name not in BENCHMARKS:
+        raise SourceError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+    bench = BENCHMARKS[name]
+    skips = SkipLog()
+    if data_dir is None:
+        import datasets
+
+        try:
+            dataset = datasets.load_dataset(bench.source.hub_id, bench.source.hub_config, split=bench.hub_split)
+        except Exception as err:  # offline, missing dataset or split: one clear message
+            raise SourceError(f"{name}: cannot load {bench.source.hub_id} [{bench.hub_split}] from the Hub "
+                              f"({err}); pass --data-dir with a local copy") from err
+        rows: Iterator = dataset_rows(dataset, f"{bench.source.hub_id}[{bench.hub_split}]")
+    else:
+        root = Path(data_dir)
+        if not root.is_dir():
+            raise SourceError(f"data directory {root} does not exist; {root.parent} holds: {_listing(root.parent)}")
+        paths = local_files(bench.source, bench.local_split, root)
+        if not paths:
+            folder = root / bench.source.local_dir
+            where = (f"{folder} holds: {_listing(folder)}" if folder.is_dir()
+                     else f"{root} holds: {_listing(root)}")
+            raise SourceError(f"{name}: no {bench.local_split}.jsonl or .parquet under {folder}; {where}")
+        rows = (row for path in paths for row in file_rows(path, skips))
+    records = list(map_rows(rows, bench.source.layouts, name, skips, prepare=bench.source.prepare))
+    skips.warn()
+    if not records:
+        raise SourceError(f"{name}: no usable problems ({skips.summary() or 'the source is empty'})")
+    return records[:limit] if limit else records

@@ -28,7 +28,7 @@ from jaxmath.data.decontaminate import (NGRAM, THRESHOLD, build_index, check_eva
 from jaxmath.data.readers import FieldMap, SkipLog, read_records, write_records
 from jaxmath.data.schema import BadRow, Record
 from jaxmath.data.sources import SOURCES, SourceError, load_source, local_files, local_splits
-from jaxmath.data.tables import total_table
+from jaxmath.data.tables import format_table
 
 Progress = Callable[[str], None]
 class EvalSplitWarning(UserWarning):
@@ -139,7 +139,7 @@ class BuildResult:
 
 # ---- collection ---------------------------------------------------------------------------------------
 
-def sample(records: list[Record], n: int | None, seed: int) -> list[Record]:
+def subsample(records: list[Record], n: int | None, seed: int) -> list[Record]:
     """At most `n` records drawn without replacement (seeded), kept in their original order."""
     if n is None or n >= len(records):
         return records
@@ -195,14 +195,14 @@ class Group:
     bad: int = 0
 
 
-def collect(config: BuildConfig, skips: SkipLog, say: Progress) -> list[Group]:
+def read_groups(config: BuildConfig, skips: SkipLog, say: Progress) -> list[Group]:
     """Records of every configured source, input file and generator, grouped by where they came from."""
     groups: list[Group] = []
 
     def add(name: str, read: Callable[[], list[Record]]) -> None:
         start, bad_before = time.perf_counter(), skips.total
         records = read()
-        chosen = sample(records, config.samples_per_source, config.seed)
+        chosen = subsample(records, config.samples_per_source, config.seed)
         bad = skips.total - bad_before
         say(f"  {name}: {len(records)} records ({bad} bad rows skipped), kept {len(chosen)} "
             f"({time.perf_counter() - start:.1f}s)")
@@ -245,12 +245,12 @@ def token_filter(tokenizer_path: str, max_tokens: int) -> Callable[[Record], int
 
 # ---- the build ----------------------------------------------------------------------------------------
 
-def format_table(stats: dict[str, SourceStats]) -> str:
+def source_table(stats: dict[str, SourceStats]) -> str:
     """The per-source summary table, with a total row."""
     columns = [f.name for f in dataclasses.fields(SourceStats)]
     total = SourceStats(**{c: sum(getattr(s, c) for s in stats.values()) for c in columns})
-    return total_table([["source", *columns]] + [[name, *(str(getattr(s, c)) for c in columns)]
-                                                 for name, s in [*stats.items(), ("total", total)]])
+    return format_table([["source", *columns]] + [[name, *(str(getattr(s, c)) for c in columns)]
+                                                  for name, s in [*stats.items(), ("total", total)]], total=True)
 
 
 def _stderr(message: str) -> None:
@@ -265,7 +265,7 @@ def build(config: BuildConfig, progress: Progress | None = _stderr) -> BuildResu
     check_local_splits(config)
     eval_sets = eval_sets_for(config)
     say("[1/4] collecting records")
-    groups = collect(config, skips, say)
+    groups = read_groups(config, skips, say)
     stats = {group.name: SourceStats(loaded=len(group.records), bad=group.bad) for group in groups}
     too_long = token_filter(config.tokenizer, config.max_tokens) if config.tokenizer else None
     say("[2/4] filtering over-length rows and exact duplicates")
@@ -313,7 +313,7 @@ def build(config: BuildConfig, progress: Progress | None = _stderr) -> BuildResu
     say(f"[4/4] writing {config.output}")
     written = write_records((record for _, record in kept), config.output)
     result = BuildResult(written, stats, dropped, skips, sizes)
-    say(format_table(stats))
+    say(source_table(stats))
     if sizes:
         say(f"decontamination ({config.ngram}-grams, threshold {config.threshold}), rows removed per evaluation set:")
         say(format_removed(sizes, result.removed))

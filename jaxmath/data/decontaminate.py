@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 from jaxmath.data.benchmarks import BENCHMARKS, local_benchmarks
 from jaxmath.data.readers import SkipLog, file_rows, value_text
 from jaxmath.data.sources import SOURCES, SourceSpec, source_records
-from jaxmath.data.tables import total_table
+from jaxmath.data.tables import format_table
 
 NGRAM = 13  # words per n-gram (the GPT-3 paper's length)
 THRESHOLD = 0.5  # overlap at which a text counts as contaminated
@@ -143,4 +143,5 @@ def build_index(specs: Sequence[str], n: int, data_dir: str | os.PathLike | None
 def format_removed(sizes: Mapping[str, int], removed: Mapping[str, int]) -> str:
     """The per-evaluation-set table: questions indexed and rows removed, with a total."""
     rows = [("eval set", "questions", "removed")] + [(s, str(n), str(removed.get(s, 0))) for s, n in sizes.items()]
-    return total_table([*rows, ("total", str(sum(sizes.values())), str(sum(removed.get(s, 0) for s in sizes)))])
+    return format_table([*rows, ("total", str(sum(sizes.values())), str(sum(removed.get(s, 0) for s in sizes)))],
+                        total=True)

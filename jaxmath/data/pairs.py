@@ -27,11 +27,11 @@ import os
 import random
 from typing import Any, Iterable, Mapping, Sequence
 
-from jaxmath.data.benchmarks import ALLOW_FLAG, BENCHMARKS, EvalSplitError
+from jaxmath.data.benchmarks import ALLOW_FLAG, BENCHMARKS, EvalSplitError, load_benchmark
 from jaxmath.data.decontaminate import NgramIndex
 from jaxmath.data.readers import Located, SkipLog
 from jaxmath.data.schema import BadRow
-from jaxmath.verify.rewards import extract_program
+from jaxmath.verify.answers import extract_program
 
 KINDS = ("correct_incorrect", "concise_verbose")
 VERDICTS = {"correct": True, "wrong": False, "unverifiable": None}
@@ -245,8 +245,6 @@ def benchmark_questions(rows: Sequence[Located], data_dir: str | None) -> dict[t
     names = sample_benchmarks(rows, allow_eval_splits=True)
     if not names:
         return {}
-    from jaxmath.evaluation import load_benchmark
-
     return {(name, record.id): record.question for name in names for record in load_benchmark(name, data_dir)}
 
 

@@ -9,7 +9,7 @@ import os
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -28,6 +28,8 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """Load the tokenizer saved in a local model directory (never downloads), with a pad token set."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory {os.fspath(path)!r} does not exist")
+    from transformers import AutoTokenizer  # loads torch when it is installed: only where a tokenizer is read
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
     except (OSError, ValueError) as err:

@@ -12,7 +12,8 @@ from jaxmath.models.attention import AUTO, IMPLEMENTATIONS as ATTENTION_IMPLEMEN
 from jaxmath.models.quantize import check_settings as check_quantize_settings
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# what a layer keeps for the backward pass (jaxmath.train.remat measures them), least recomputation first
+REMAT_POLICIES = ("none", "dots", "dots_no_batch", "full")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx, traverse_util
 
 from jaxmath.models.cache import CacheView, KVCache
-from jaxmath.models.config import ModelConfig
+from jaxmath.models.config import REMAT_POLICIES, ModelConfig
 from jaxmath.models.layers import DecoderBlock, RMSNorm, make_param, normal_init, zeros_init
 from jaxmath.models.rope import rope_tables
 from jaxmath.parallel import shard_activation
@@ -21,11 +21,13 @@ from jaxmath.parallel import shard_activation
 # Top-level parameters of the output heads (CausalLM: lm_head; TokenClassifier: score, score_bias).
 HEAD_PARAMS = ("lm_head", "score", "score_bias")
 
-REMAT_POLICIES = {
+# The jax.checkpoint policy of each remat policy (jaxmath.models.config.REMAT_POLICIES) but "none"
+CHECKPOINT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+assert {"none", *CHECKPOINT_POLICIES} == set(REMAT_POLICIES), "every remat policy needs its jax.checkpoint policy"
 
 
 def segment_positions(segment_ids: jax.Array) -> jax.Array:
@@ -79,7 +81,7 @@ class Decoder(nnx.Module):
             return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids, rng), None
 
         if self.config.remat != "none":
-            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.config.remat], prevent_cse=False)
+            body = jax.checkpoint(body, policy=CHECKPOINT_POLICIES[self.config.remat], prevent_cse=False)
         x, _ = jax.lax.scan(body, x, (stacked, jnp.arange(self.config.num_layers, dtype=jnp.int32)))
         return self.norm(x)
 

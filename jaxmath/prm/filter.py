@@ -15,9 +15,9 @@ from typing import Any, Mapping, Sequence
 from jaxmath.data.encode import check_text
 from jaxmath.data.formats import PromptFormat
 from jaxmath.data.schema import BadRow
-from jaxmath.evaluation import extract_answers, grade_answers
 from jaxmath.objectives.prm import STEP_AGGREGATIONS
 from jaxmath.prm.scorer import PRMScorer
+from jaxmath.verify.answers import extract_answers, grade_answers
 from jaxmath.verify.pool import Verifier
 
 DEFAULT_THRESHOLD = 0.6
@@ -68,7 +68,7 @@ def correctness(rows: Sequence[Mapping[str, Any]], fmt: PromptFormat, verifier: 
     if to_grade:
         if verifier is None:
             raise ValueError(f"{len(to_grade)} row(s) need grading against their gold answer: pass a Verifier")
-        answers = extract_answers([solution for _, solution, _ in to_grade], fmt)
+        answers = extract_answers([solution for _, solution, _ in to_grade], fmt.extraction_style)
         for (i, _, _), verdict in zip(to_grade, grade_answers(verifier, answers, [g for _, _, g in to_grade])):
             correct[i] = verdict.correct
     return [bool(c) for c in correct]

@@ -16,9 +16,11 @@ from transformers import PreTrainedTokenizerBase
 from jaxmath.data.encode import check_text
 from jaxmath.data.formats import PromptFormat, render_prompt
 from jaxmath.data.schema import BadRow
-from jaxmath.evaluation import Sampling, extract_answers, grade_answers, sample_completions
+from jaxmath.inference.completions import sample_completions
+from jaxmath.inference.config import Sampling
 from jaxmath.models import CausalLM
 from jaxmath.prm.steps import split_steps
+from jaxmath.verify.answers import extract_answers, grade_answers
 from jaxmath.verify.pool import Verifier
 
 
@@ -31,7 +33,7 @@ def monte_carlo_labels(policy: CausalLM, tokenizer: PreTrainedTokenizerBase, fmt
     `{"question", "solution", "answer"}` (answer = the gold); None for a solution without steps.
 
     Sampling settings (temperature, max_new_tokens, stop strings) apply to every rollout; `eos_ids` are the
-    policy's end-of-turn tokens (see `jaxmath.evaluation.stop_token_ids`).
+    policy's end-of-turn tokens (see `jaxmath.inference.loading.stop_token_ids`).
     """
     if rollouts < 1:
         raise ValueError(f"rollouts must be >= 1, got {rollouts}")
@@ -47,7 +49,7 @@ def monte_carlo_labels(policy: CausalLM, tokenizer: PreTrainedTokenizerBase, fmt
     continuations = sample_completions(policy, tokenizer, prompts, rollouts, sampling, eos_ids, batch_size,
                                        label="prm rollouts")
     texts = [prefix + text for (_, prefix, _), per_prefix in zip(prefixes, continuations) for text, _ in per_prefix]
-    answers = extract_answers(texts, fmt, fallback_last_number)
+    answers = extract_answers(texts, fmt.extraction_style, fallback_last_number)
     verdicts = grade_answers(verifier, answers, [gold for _, _, gold in prefixes for _ in range(rollouts)])
     reached = np.asarray([v.correct for v in verdicts], bool).reshape(len(prefixes), rollouts)
     rows: list[dict[str, Any] | None] = []

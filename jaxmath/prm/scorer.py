@@ -2,7 +2,8 @@
 
 Traces are tokenised by `jaxmath.data.encode.encode_prm_trace`, the function PRM training data goes
 through, so a step's score is read at exactly the token its training label sits on. Traces are scored
-in padded batches (longest first, lengths rounded up to a bucket so a run compiles once per bucket).
+in padded batches (longest first, `jaxmath.inference.completions.pad_batch`: a run compiles once per length
+bucket).
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ from jaxmath.checkpoint import from_pretrained
 from jaxmath.data.encode import encode_prm_trace
 from jaxmath.data.formats import PromptFormat, get_format
 from jaxmath.data.tokenizer import load_tokenizer
-from jaxmath.evaluation import default_dtype, model_files_dir
+from jaxmath.inference.completions import pad_batch
+from jaxmath.inference.loading import default_dtype, model_files_dir
 from jaxmath.models import TokenClassifier
 from jaxmath.objectives.prm import GOOD_LABEL, aggregate_step_scores
 from jaxmath.prm.steps import step_texts
 
-LENGTH_BUCKET = 64
 Trace = tuple[str, Sequence[str]]  # (question, steps)
 
 
@@ -77,13 +78,7 @@ class PRMScorer:
         start = time.perf_counter()
         for first in range(0, len(order), self.batch_size):
             rows = order[first:first + self.batch_size]
-            width = -(-len(encoded[rows[0]][0]) // LENGTH_BUCKET) * LENGTH_BUCKET
-            ids = np.full((self.batch_size, width), pad_id, np.int32)
-            mask = np.zeros((self.batch_size, width), np.int32)
-            for row, i in enumerate(rows):
-                n = len(encoded[i][0])
-                ids[row, :n], mask[row, :n] = encoded[i][0], 1
-            mask[len(rows):, 0] = 1  # filler rows: one token, so no row is all padding
+            ids, mask = pad_batch([encoded[i][0] for i in rows], self.batch_size, pad_id, left=False)
             probs = np.asarray(_good_probability_jit(self.graphdef, self.state, ids, mask))
             for row, i in enumerate(rows):
                 scores[i] = probs[row, encoded[i][1]]

@@ -5,7 +5,9 @@ are cached in JSONL so nothing is asked twice. Commands: `jaxmath data synthesiz
 """
 from jaxmath.synthesis.cache import AskCounts, CompletionCache, ask, cache_key
 from jaxmath.synthesis.chat import ChatCompletionsTeacher
-from jaxmath.synthesis.teacher import LocalTeacher, Teacher, TeacherConfig, TeacherError, make_teacher
+from jaxmath.synthesis.local import LocalTeacher
+from jaxmath.synthesis.teacher import Teacher, TeacherConfig, TeacherError
+from jaxmath.synthesis.teachers import make_teacher
 
 __all__ = ["AskCounts", "ChatCompletionsTeacher", "CompletionCache", "LocalTeacher", "Teacher", "TeacherConfig",
            "TeacherError", "ask", "cache_key", "make_teacher"]

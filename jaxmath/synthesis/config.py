@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
+from jaxmath.config import section
 from jaxmath.data.readers import read_records
 from jaxmath.data.schema import Record
-from jaxmath.evaluation import Sampling
+from jaxmath.inference.config import Sampling
 from jaxmath.synthesis.teacher import TeacherConfig
 from jaxmath.verify.sandbox import SandboxConfig
 
@@ -13,19 +15,18 @@ from jaxmath.verify.sandbox import SandboxConfig
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
     """What both commands share: the teacher, the problems (record-schema JSONL/Parquet files), the prompt
-    format, how many samples per problem and how they are sampled, the cache, and the graders' limits."""
+    format, how many samples per problem and how they are sampled (`sampling`, part of every cache key), the
+    cache, and the graders' limits."""
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        **{key: f"sampling.{key}" for key in ("temperature", "top_p", "top_k", "min_p", "max_new_tokens", "seed")},
+        "stop": "sampling.stop_strings"}
 
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
     input: list[str] = dataclasses.field(default_factory=list)
     format: str = "pot"
     samples: int = 4
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    max_new_tokens: int = 1024
-    seed: int = 0
-    stop: list[str] = dataclasses.field(default_factory=list)
+    sampling: Sampling = section(Sampling(max_new_tokens=1024, temperature=0.7))
     cache: str | None = None  # default: next to the output
     limit: int | None = None  # only the first N problems
     chunk: int = 64  # problems per round of asking, running and grading (progress is printed per chunk)
@@ -37,15 +38,10 @@ class GenerationConfig:
         from jaxmath.data.formats import get_format
 
         get_format(self.format)
-        if self.samples < 1 or self.chunk < 1 or self.max_new_tokens < 1 or (self.limit is not None and self.limit < 1):
-            raise ValueError("samples, chunk, max_new_tokens and limit must be >= 1")
-        if self.temperature < 0 or self.sandbox_timeout <= 0:
-            raise ValueError("temperature must be >= 0 and sandbox_timeout > 0")
-
-    def sampling(self) -> Sampling:
-        """The decoding settings (part of every cache key)."""
-        return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.min_p, self.seed,
-                        tuple(self.stop))
+        if self.samples < 1 or self.chunk < 1 or (self.limit is not None and self.limit < 1):
+            raise ValueError("samples, chunk and limit must be >= 1")
+        if self.sandbox_timeout <= 0:
+            raise ValueError("sandbox_timeout must be > 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

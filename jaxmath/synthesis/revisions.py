@@ -16,12 +16,14 @@ from typing import Any, Sequence
 from jaxmath.data.formats import get_format
 from jaxmath.data.readers import write_records
 from jaxmath.data.schema import Record
-from jaxmath.revise import Attempt, feedback_text, revise, revision_history, round_seed
+from jaxmath.inference.config import round_seed
+from jaxmath.revise import Attempt, feedback_text, revise, revision_history
 from jaxmath.synthesis.cache import CompletionCache, ask
 from jaxmath.synthesis.config import RevisionConfig, load_problems
 from jaxmath.synthesis.synthesize import (Progress, Tally, first_attempts, require_sandbox, sandbox_summary,
                                           solution_record, stderr_progress)
-from jaxmath.synthesis.teacher import Teacher, make_teacher
+from jaxmath.synthesis.teacher import Teacher
+from jaxmath.synthesis.teachers import make_teacher
 from jaxmath.verify import Verifier
 
 
@@ -63,7 +65,7 @@ def build_revisions(config: RevisionConfig, progress: Progress | None = stderr_p
         with CompletionCache(config.cache or out / "cache.jsonl") as cache, \
                 Verifier(workers=config.verifier_workers) as verifier:
             def respond(conversations: list, round_: int) -> list[str]:
-                sampling = round_seed(config.sampling(), round_)
+                sampling = round_seed(config.sampling, round_)
                 return [texts[0] for texts in ask(teacher, conversations, 1, sampling, cache, tally.ask)]
 
             for first in range(0, len(problems), config.chunk):

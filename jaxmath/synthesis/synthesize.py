@@ -19,7 +19,8 @@ from jaxmath.data.schema import Record
 from jaxmath.revise import Attempt, check_attempts
 from jaxmath.synthesis.cache import AskCounts, CompletionCache, ask
 from jaxmath.synthesis.config import GenerationConfig, SynthesisConfig, load_problems
-from jaxmath.synthesis.teacher import Teacher, make_teacher
+from jaxmath.synthesis.teacher import Teacher
+from jaxmath.synthesis.teachers import make_teacher
 from jaxmath.verify import Verifier
 from jaxmath.verify.sandbox import require_layers, shared_sandbox
 
@@ -53,7 +54,7 @@ def first_attempts(teacher: Teacher, problems: Sequence[Record], config: Generat
                    verifier: Verifier, tally: Tally) -> list[list[Attempt]]:
     """`config.samples` graded attempts per problem (asked through the cache); counts them into `tally`."""
     fmt = get_format(config.format)
-    completions = ask(teacher, [fmt.messages(r.question) for r in problems], config.samples, config.sampling(),
+    completions = ask(teacher, [fmt.messages(r.question) for r in problems], config.samples, config.sampling,
                       cache, tally.ask)
     attempts = check_attempts([c for per in completions for c in per],
                               [r.answer for r in problems for _ in range(config.samples)], fmt, verifier,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from typing import Any, Literal
+import logging
+from typing import Any, ClassVar, Literal
 
+from jaxmath.config import section
+from jaxmath.inference.config import Sampling
 from jaxmath.models.config import REMAT_POLICIES
 from jaxmath.models.quantize import check_settings as check_quantize_settings
 from jaxmath.objectives.grpo import ADVANTAGE_ESTIMATORS, GRPOConfig
@@ -14,6 +17,8 @@ from jaxmath.parallel import MeshConfig
 from jaxmath.tracking import LoggingSection
 from jaxmath.train.optimizer import OptimizerConfig
 from jaxmath.verify.sandbox import SandboxConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +89,7 @@ class ModelSection:
                              "set model.lora (or model.adapter)")
 
     def quantize_options(self) -> dict[str, Any]:
-        """ModelConfig fields set by model.quantize (applied after loading: see jaxmath.train.trainer.load_params)."""
+        """ModelConfig fields set by model.quantize (applied after loading: see jaxmath.train.run.load_params)."""
         if self.quantize is None:
             return {}
         return dict(quantize_weights=self.quantize.weights, quantize_block_size=self.quantize.block_size)
@@ -141,7 +146,7 @@ class TrainSection:
 class GRPOLossSection(GRPOConfig):
     """grpo.loss: the GRPO loss settings (`jaxmath.objectives.GRPOConfig`). Dr. GRPO's `constant` aggregation
     divides by the generation budget, so `max_completion_length` may be left out: the grpo section sets it to
-    grpo.max_new_tokens (and refuses any other value)."""
+    grpo.sampling.max_new_tokens (and refuses any other value)."""
 
     def __post_init__(self) -> None:
         if self.aggregation == "constant" and self.max_completion_length is None:
@@ -154,17 +159,18 @@ class GRPOLossSection(GRPOConfig):
 class GRPOSection:
     """GRPO rollouts and updates: `group_size` completions for each of `prompts_per_step` prompts, rewarded by
     the named reward functions, turned into group advantages and used for `mu` passes over `minibatches`
-    minibatches (one optimizer update each). `train.steps` counts these rollout-and-update iterations."""
+    minibatches (one optimizer update each). `train.steps` counts these rollout-and-update iterations.
+    Rollouts decode with `sampling` (its seed offsets the rollout seeds, which come from train.seed and the
+    iteration)."""
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {key: f"sampling.{key}" for key in
+                                            ("max_new_tokens", "temperature", "top_p", "top_k", "stop_strings")}
 
     group_size: int = 8
     prompts_per_step: int = 8
     max_prompt_len: int = 256
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop_strings: list[str] = dataclasses.field(default_factory=list)
-    # reward name -> weight (see jaxmath.verify.rewards.REWARDS), and optional keyword parameters per reward
+    sampling: Sampling = section(Sampling(max_new_tokens=256, temperature=1.0))
+    # reward name -> weight (see jaxmath.rewards.REWARDS), and optional keyword parameters per reward
     rewards: dict[str, float] = dataclasses.field(default_factory=lambda: {"correctness": 1.0})
     reward_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     advantage: str = "grpo"  # grpo | grpo_no_std (Dr. GRPO) | rloo
@@ -174,7 +180,7 @@ class GRPOSection:
     # pi_old: "sampler" takes the log-probs the sampler computed for each drawn token (the unwarped policy,
     # as the loss computes it; equal to a forward pass up to float error); "recompute" runs that forward pass
     old_logprobs: Literal["sampler", "recompute"] = "sampler"
-    # Completions cut off at max_new_tokens: "zero" reward, DAPO's soft "penalty" over the last
+    # Completions cut off at sampling.max_new_tokens: "zero" reward, DAPO's soft "penalty" over the last
     # `overlong_buffer` tokens, "mask" them out of the loss, or "none"
     overlong: Literal["none", "zero", "penalty", "mask"] = "zero"
     overlong_buffer: int = 0
@@ -187,8 +193,7 @@ class GRPOSection:
     def __post_init__(self) -> None:
         if self.group_size < 2:
             raise ValueError(f"grpo.group_size must be >= 2 (advantages are group-relative), got {self.group_size}")
-        for name in ("prompts_per_step", "max_prompt_len", "max_new_tokens", "mu", "minibatches",
-                     "max_sampling_rounds"):
+        for name in ("prompts_per_step", "max_prompt_len", "mu", "minibatches", "max_sampling_rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
         if (self.prompts_per_step * self.group_size) % self.minibatches:
@@ -196,11 +201,12 @@ class GRPOSection:
                              f"rows do not split into grpo.minibatches={self.minibatches}")
         if self.advantage not in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"grpo.advantage {self.advantage!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
-        if self.temperature <= 0:
-            raise ValueError(f"grpo.temperature must be > 0 (rollouts are sampled), got {self.temperature}")
-        if self.overlong == "penalty" and not 0 < self.overlong_buffer < self.max_new_tokens:
-            raise ValueError(f"grpo.overlong=penalty needs 0 < grpo.overlong_buffer < grpo.max_new_tokens, got "
-                             f"{self.overlong_buffer}")
+        if self.sampling.temperature <= 0:
+            raise ValueError(f"grpo.sampling.temperature must be > 0 (rollouts are sampled), got "
+                             f"{self.sampling.temperature}")
+        if self.overlong == "penalty" and not 0 < self.overlong_buffer < self.sampling.max_new_tokens:
+            raise ValueError(f"grpo.overlong=penalty needs 0 < grpo.overlong_buffer < "
+                             f"grpo.sampling.max_new_tokens, got {self.overlong_buffer}")
         if not self.rewards:
             raise ValueError("grpo.rewards is empty: name at least one reward function")
         stray = sorted(set(self.reward_params) - set(self.rewards))
@@ -213,12 +219,13 @@ class GRPOSection:
         loss = self.loss
         if loss.aggregation == "constant":
             if loss.max_completion_length is None:
-                object.__setattr__(self, "loss", dataclasses.replace(loss, max_completion_length=self.max_new_tokens))
-            elif loss.max_completion_length != self.max_new_tokens:
+                budget = self.sampling.max_new_tokens
+                object.__setattr__(self, "loss", dataclasses.replace(loss, max_completion_length=budget))
+            elif loss.max_completion_length != self.sampling.max_new_tokens:
                 raise ValueError(f"grpo.loss.max_completion_length={loss.max_completion_length} differs from "
-                                 f"grpo.max_new_tokens={self.max_new_tokens}: Dr. GRPO's constant aggregation divides "
-                                 "by the generation budget; leave grpo.loss.max_completion_length unset (it follows "
-                                 "grpo.max_new_tokens)")
+                                 f"grpo.sampling.max_new_tokens={self.sampling.max_new_tokens}: Dr. GRPO's constant "
+                                 "aggregation divides by the generation budget; leave grpo.loss.max_completion_length "
+                                 "unset (it follows grpo.sampling.max_new_tokens)")
         elif loss.max_completion_length is not None:
             raise ValueError(f"grpo.loss.max_completion_length is read only by grpo.loss.aggregation=constant, not "
                              f"grpo.loss.aggregation={loss.aggregation!r}")
@@ -276,11 +283,11 @@ class TrainConfig:
     logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)  # e.g. {wandb: {project: ...}}
 
     def __post_init__(self) -> None:
-        for name, section in (("dpo", DPOSection), ("prm", PRMSection)):
+        for name, section_type in (("dpo", DPOSection), ("prm", PRMSection)):
             if getattr(self, name) is not None and self.objective != name:
                 raise ValueError(f"a {name} section is set but objective is {self.objective!r}")
             if self.objective == name and getattr(self, name) is None:
-                object.__setattr__(self, name, section())
+                object.__setattr__(self, name, section_type())
         if (self.objective == "grpo") != (self.grpo is not None):
             raise ValueError("objective grpo needs a grpo section (and only grpo uses one)")
         if self.sandbox.require and self.objective != "grpo":
@@ -321,14 +328,18 @@ class TrainConfig:
             check_context(self, init["max_position_embeddings"], "model.init.max_position_embeddings")
 
     def _check_schedule(self) -> None:
-        """Warmup ends within the run, and a schedule decaying to 0 does not end before the run does."""
+        """Warmup ends within an explicit schedule (a warning when it outlasts the run), and a schedule decaying to
+        0 does not end before the run does."""
         o, steps = self.optimizer, self.optimizer_steps
         what = "train.steps" if self.grpo is None else "train.steps * grpo.mu * grpo.minibatches"
         horizon = (f"optimizer.total_steps={o.total_steps}" if o.total_steps is not None
                    else f"the run's {steps} optimizer steps ({what})")
-        if o.warmup_steps > (o.total_steps or steps):
+        if o.total_steps is not None and o.warmup_steps > o.total_steps:
             raise ValueError(f"optimizer.warmup_steps={o.warmup_steps} exceeds the schedule's horizon, {horizon}: "
                              "the learning rate would never reach optimizer.lr")
+        if o.warmup_steps > steps:  # a short try (--set train.steps=N) is legitimate: say so, do not refuse it
+            log.warning("optimizer.warmup_steps=%d exceeds %s: the learning rate never reaches optimizer.lr",
+                        o.warmup_steps, horizon)
         if o.total_steps is not None and o.total_steps < steps and o.schedule != "constant" and o.min_lr_ratio == 0:
             raise ValueError(f"optimizer.total_steps={o.total_steps} is below the run's {steps} optimizer steps "
                              f"({what}): with optimizer.schedule={o.schedule} and optimizer.min_lr_ratio=0 the "
@@ -351,8 +362,8 @@ class TrainConfig:
 def check_context(config: TrainConfig, max_positions: int, source: str) -> None:
     """The longest sequence the run builds fits the model's context; `source` names where max_positions is set."""
     if config.grpo is not None:
-        keys = "grpo.max_prompt_len + grpo.max_new_tokens"
-        length = config.grpo.max_prompt_len + config.grpo.max_new_tokens
+        keys = "grpo.max_prompt_len + grpo.sampling.max_new_tokens"
+        length = config.grpo.max_prompt_len + config.grpo.sampling.max_new_tokens
     else:
         keys, length = "data.seq_len", config.data.seq_len
     if length > max_positions:

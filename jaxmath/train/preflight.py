@@ -18,7 +18,7 @@ import sys
 import tempfile
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -26,9 +26,7 @@ from flax import nnx
 
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.transformer import build_model
-
-if TYPE_CHECKING:
-    from jaxmath.train.trainer import Run
+from jaxmath.train.run import Run, abstract_state, export_final
 
 # The library a failure in the end-of-run writers is blamed on when no frame of another library raised it:
 # both the model directory and the HF export (which reads the model directory back) go through Orbax.
@@ -102,7 +100,7 @@ def tiny_params(config: ModelConfig, seed: int = 0) -> dict[str, Any]:
 
 
 def check_export(run: Run, export: Callable[[Run, Any], None]) -> None:
-    """Run `export` (the trainer's end-of-run writer) for a tiny model of the run's family into a temporary
+    """Run `export` (the run's end-of-run writer, `export_final`) for a tiny model of the run's family into a temporary
     directory inside the output directory, then remove it; a failure names the library to blame."""
     tiny = tiny_config(run.model_config)
     params = tiny_params(tiny)
@@ -119,8 +117,6 @@ def check_export(run: Run, export: Callable[[Run, Any], None]) -> None:
 def check_outputs(run: Run) -> None:
     """Before the first step: room for one checkpoint, and the end-of-run model directory and HF export
     written once for a tiny model (see the module docstring)."""
-    from jaxmath.train.trainer import abstract_state, export_final  # the trainer calls this module
-
     check_free_space(run.out, *checkpoint_bytes(abstract_state(run)))
     if run.config.train.export_hf:
         check_export(run, export_final)

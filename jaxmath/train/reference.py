@@ -1,4 +1,5 @@
-"""Reference batch fields computed once before training (DPO's `reference: precompute`).
+"""DPO's frozen reference: evaluated inside every step (`reference: on_the_fly`), or its batch fields computed
+once before training (`reference: precompute`).
 
 One pass of the frozen reference over this process's examples, in the order an unshuffled single epoch
 of the pipeline yields them, gives a [num_examples, columns] table that the training pipeline attaches to
@@ -6,21 +7,26 @@ its examples. The table is saved in the run directory, so a resumed run needs no
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxmath.parallel import BATCH_AXES, process_max
+from jaxmath.train.run import Run, load_params, make_pipeline
 from jaxmath.train.step import to_global
 
 Forward = Callable[[Any, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
+log = logging.getLogger(__name__)
 
 
 def reference_file(out: Path) -> Path:
@@ -57,3 +63,46 @@ def save_tables(path: Path, tables: Mapping[str, np.ndarray]) -> None:
 def load_tables(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as data:
         return {split: data[split] for split in data.files}
+
+
+def reference_inputs(run: Run, params: Any | None) -> tuple[Any, ...]:
+    """The step's extra arguments: the frozen reference's params when it runs inside the step (on the fly),
+    else none. With `precompute` the reference instead makes one pass over the data first, whose table a
+    resumed run (`params` None) reads back, and is dropped. The reference is `dpo.reference_model`, else
+    the initial policy (`params`, or reloaded when resuming)."""
+    mode = run.task.reference_mode(run.config)
+    if mode is None:
+        return ()
+    saved = reference_file(run.out)
+    if mode == "precompute" and params is None and saved.is_file():
+        run.reference_tables = load_tables(saved)
+        log.info("reference log-probs read from %s", saved)
+        return ()
+    path = run.config.dpo.reference_model
+    if path is not None or params is None:
+        reference = load_params(run.config, run.model_config, run.mesh, run.shardings.params, path=path)
+    elif mode == "on_the_fly":  # the train state is donated at every step: the reference needs its own buffers
+        reference = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=run.shardings.params)(params)
+    else:
+        reference = params
+    if mode == "on_the_fly":
+        return (reference,)
+    run.reference_tables = precompute_reference(run, reference)
+    save_tables(saved, run.reference_tables)
+    return ()
+
+
+def precompute_reference(run: Run, params: Any) -> dict[str, np.ndarray]:
+    """{split: [examples, columns]} reference fields for this process's train and eval examples."""
+    columns = run.task.reference_columns
+    sharding = {k: s for k, s in run.batch_sharding.items() if k not in columns}
+    padding = {k: v for k, v in run.task.padding_batch(run.config).items() if k in sharding}
+    forward = jax.jit(lambda p, batch: run.task.reference_fields(nnx.merge(run.graphdef, p), batch),
+                      in_shardings=(run.shardings.params, sharding))
+    tables = {}
+    for split, rows in (("train", run.train_records), ("eval", run.eval_records)):
+        if rows:
+            pipeline = make_pipeline(run, split, ordered=True)
+            tables[split] = precompute(forward, params, pipeline, pipeline.num_examples, columns, padding,
+                                           sharding, run.mesh, desc=f"reference ({split})")
+    return tables

@@ -18,11 +18,9 @@ from jaxmath.models.config import REMAT_POLICIES
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-REMAT_ORDER = ("none", "dots", "dots_no_batch", "full")  # least recomputation first
 FIT_FRACTION = 0.9  # of the device memory: room for what the compiled step does not count (cuDNN workspace, ...)
 GIB = 2**30
 
-assert set(REMAT_ORDER) == set(REMAT_POLICIES), "REMAT_ORDER must rank every remat policy"
 
 
 def device_memory_bytes(device: jax.Device | None = None) -> int:
@@ -60,10 +58,10 @@ class RematOption:
 
 def measure_options(measure: Callable[[str], dict[str, Any]], budget_gib: float, stop_at_first_fit: bool
                     ) -> list[RematOption]:
-    """Measure remat options in REMAT_ORDER (each: a dry-run report with `peak_gib_per_device`); a compile that
-    runs out of memory counts as not fitting, any other error is raised."""
+    """Measure remat options in REMAT_POLICIES' order (each: a dry-run report with `peak_gib_per_device`); a
+    compile that runs out of memory counts as not fitting, any other error is raised."""
     options = []
-    for remat in REMAT_ORDER:
+    for remat in REMAT_POLICIES:
         try:
             report = measure(remat)
             option = RematOption(remat, float(report["peak_gib_per_device"]), budget_gib, report=report)

@@ -1,5 +1,6 @@
-"""The GRPO loop (DeepSeekMath): prompts -> G completions each from the current policy -> verifier rewards
+"""GRPO's iteration (DeepSeekMath): prompts -> G completions each from the current policy -> verifier rewards
 -> group advantages -> `mu` passes of clipped-objective updates over minibatches, with KL to a reference.
+`jaxmath.train.tasks.GRPOTask` runs these pieces as the hooks of the one training loop (jaxmath.train.trainer).
 
 One iteration (`train.steps` counts them) samples with the live parameters (no weight copy), scores the
 completions with `jaxmath.verify` reward functions (answer checks run in the verifier's worker processes),
@@ -12,9 +13,7 @@ are checkpointed, and every sampling seed is a function of the iteration.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -23,29 +22,19 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
-from tqdm.auto import tqdm
 
-from jaxmath.config import dump_yaml
-from jaxmath.data.formats import get_format
-from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
-from jaxmath.evaluation import stop_token_ids
+from jaxmath.inference.config import offset_seed
+from jaxmath.inference.loading import stop_token_ids
+from jaxmath.inference.sampler import GenerationOutput, generate, truncate_at_stop
 from jaxmath.objectives import compute_advantages, metric_means
 from jaxmath.objectives.grpo import policy_log_probs
-from jaxmath.parallel import BATCH_AXES, all_process_rows, initialize_distributed
-from jaxmath.sampling import GenerationOutput, generate, truncate_at_stop
-from jaxmath.train.checkpointing import TrainCheckpointer
-from jaxmath.train.config import GRPOSection, TrainConfig
-from jaxmath.train.metrics import MetricsWriter
-from jaxmath.train.preflight import check_outputs
-from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, reward_statistics, sample_columns,
-                                   take_rows, train_batch, useful_groups)
-from jaxmath.train.state import init_train_state
-from jaxmath.train.trainer import (Run, TrainingError, abstract_state, build_run, evaluate_accuracy, export_final,
-                                   load_params, push_final, to_global)
-from jaxmath.verify.rewards import RewardFailures, combine_rewards
-from jaxmath.verify.sandbox import require_layers, shared_layers
-
-log = logging.getLogger(__name__)
+from jaxmath.parallel import BATCH_AXES, all_process_rows
+from jaxmath.rewards import RewardFailures, combine_rewards
+from jaxmath.train.config import GRPOSection
+from jaxmath.train.rollout import (group_rows, overlong_rewards, pick_groups, reward_statistics, take_rows,
+                                   train_batch, useful_groups)
+from jaxmath.train.run import Run
+from jaxmath.train.step import to_global
 
 
 @dataclasses.dataclass
@@ -72,13 +61,10 @@ class RLRun:
         return self.grpo.rows // self.grpo.minibatches
 
 
-def build_rl_run(config: TrainConfig, output_dir: str | Path | None = None, with_data: bool = True) -> RLRun:
-    """The trainer's run for the GRPO task (mesh, prompts, tokenizer, shardings, the compiled-on-first-use
-    step) plus the log-prob pass (reference and recomputed old log-probs) and the reference copy."""
-    grpo = config.grpo
-    if grpo is None:
-        raise ValueError("objective grpo needs a grpo section")
-    run = build_run(config, output_dir, with_data)
+def rl_run(run: Run) -> RLRun:
+    """The rollout side of a built GRPO run (`jaxmath.train.trainer.build_run`): the log-prob pass (reference and
+    recomputed old log-probs), the reference copy and the stop ids."""
+    grpo = run.config.grpo
     shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
     minibatch = grpo.rows // grpo.minibatches
     if grpo.rows % jax.process_count() or minibatch % shards:
@@ -123,24 +109,24 @@ def _rows(values: list[Any]) -> np.ndarray:
 
 def sample(rl: RLRun, params: Any, prompts: dict[str, Any], seed: int) -> dict[str, Any]:
     """G completions per prompt from the current params: tokens, log-probs, lengths, texts, truncation."""
-    g, tokenizer = rl.grpo, rl.run.tokenizer
+    s, tokenizer = rl.grpo.sampling, rl.run.tokenizer
     model = nnx.merge(rl.run.graphdef, params)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tokens = to_global(prompts, {k: rl.run.batch_sharding[k] for k in ("input_ids", "attention_mask")})
     with jax.set_mesh(rl.run.mesh):
         out = generate(model, tokens["input_ids"], tokens["attention_mask"],
-                       max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                       eos_token_id=rl.eos_ids, pad_token_id=pad, seed=seed,
-                       stop_strings=g.stop_strings or None, tokenizer=tokenizer)
+                       max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                       min_p=s.min_p, eos_token_id=rl.eos_ids, pad_token_id=pad, seed=seed,
+                       stop_strings=s.stop_strings or None, tokenizer=tokenizer)
     local = GenerationOutput(*(_local(x) for x in (out.sequences, out.logprobs, out.sampling_logprobs,
                                                    out.lengths)))
-    tokens, lengths = local.sequences[:, -g.max_new_tokens:], local.lengths
+    tokens, lengths = local.sequences[:, -s.max_new_tokens:], local.lengths
     full = tokenizer.batch_decode([row[:n].tolist() for row, n in zip(tokens, lengths)], skip_special_tokens=True)
-    texts = [truncate_at_stop(text, g.stop_strings) for text in full]  # what completion_texts gives
+    texts = [truncate_at_stop(text, s.stop_strings) for text in full]  # what completion_texts gives
     last = tokens[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
     stopped = np.isin(last, rl.eos_ids) | np.array([len(t) < len(f) for t, f in zip(texts, full)], bool)
     return {"tokens": tokens, "logprobs": local.logprobs, "lengths": lengths, "texts": _rows(texts),
-            "truncated": (lengths >= g.max_new_tokens) & ~stopped}
+            "truncated": (lengths >= s.max_new_tokens) & ~stopped}
 
 
 def score(rl: RLRun, rollout: dict[str, Any], records: list[Any]) -> dict[str, Any]:
@@ -149,7 +135,7 @@ def score(rl: RLRun, rollout: dict[str, Any], records: list[Any]) -> dict[str, A
     examples = [{"question": r.question, "answer": r.answer} for r in records]
     total, per_function = combine_rewards(rollout["texts"], examples, g.rewards, params=g.reward_params,
                                           num_tokens=rollout["lengths"], failures=rl.reward_failures)
-    rewards, weight = overlong_rewards(total, rollout["lengths"], rollout["truncated"], g.max_new_tokens,
+    rewards, weight = overlong_rewards(total, rollout["lengths"], rollout["truncated"], g.sampling.max_new_tokens,
                                        g.overlong, g.overlong_buffer, g.overlong_penalty)
     return {"rewards": rewards, "per_function": per_function, "loss_weight": weight}
 
@@ -164,7 +150,8 @@ def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[
     for round_index in range(g.max_sampling_rounds if g.dynamic_sampling else 1):
         batch = next(prompts)
         start = time.perf_counter()
-        rollout = sample(rl, params, batch, seed=rl.run.config.train.seed * 1_000_003 + iteration * 101 + round_index)
+        seed = offset_seed(g.sampling.seed + iteration * 101 + round_index, rl.run.config.train.seed)
+        rollout = sample(rl, params, batch, seed=seed)
         timings["rollout_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
         scored = score(rl, rollout, batch["records"])
@@ -231,7 +218,7 @@ def update_policy(rl: RLRun, state: Any, batch: dict[str, np.ndarray], iteration
     return state, [{key: float(v) for key, v in m.items()} for m in jax.device_get(updates)]
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- metrics
 
 
 def _all_processes(groups: dict[str, Any], stats: dict[str, float]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -249,8 +236,10 @@ def _all_processes(groups: dict[str, Any], stats: dict[str, float]) -> tuple[dic
     return jax.tree.map(np.asarray, rows), merged
 
 
-def _log_row(rl: RLRun, iteration: int, stats: dict[str, float], groups: dict[str, Any],
-             totals: dict[str, float], updates: list[dict[str, float]], update_seconds: float) -> dict[str, float]:
+def log_row(rl: RLRun, iteration: int, stats: dict[str, float], groups: dict[str, Any],
+            totals: dict[str, float], updates: list[dict[str, float]], update_seconds: float) -> dict[str, float]:
+    """An iteration's metrics row over every process (a collective): rewards, rollout statistics, the updates'
+    figures and rates."""
     groups, stats = _all_processes(groups, stats)
     lengths = groups["lengths"]
     row = {**reward_statistics(groups["rewards"], groups["per_function"]), **stats,
@@ -270,99 +259,13 @@ def _log_row(rl: RLRun, iteration: int, stats: dict[str, float], groups: dict[st
     return {**row, **means}
 
 
-def train_grpo(config: TrainConfig, output_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) GRPO; returns a summary with the last reward and held-out accuracy before and after."""
-    initialize_distributed()
-    if config.sandbox.require:
-        require_layers(config.sandbox.require)  # before any model is built
-    rl = build_rl_run(config, output_dir)
-    check_outputs(rl.run)  # room for a checkpoint; the final export works (tiny model) before any weight loads
-    run, g, tc = rl.run, rl.grpo, config.train
-    if jax.process_index() == 0:
-        dump_yaml(run.config, run.out / "config.yaml")
-    options = PipelineOptions(seed=config.data.seed, num_epochs=None, shuffle=True, strict=config.data.strict)
-    prompts = iter(rl_prompt_pipeline(run.train_records, run.tokenizer, get_format(config.data.format),
-                                      max_prompt_len=g.max_prompt_len,
-                                      prompts_per_batch=g.prompts_per_step // jax.process_count(),
-                                      group_size=g.group_size, options=options).dataset)
-    checkpointer = TrainCheckpointer(run.out / "checkpoints", keep=tc.keep_checkpoints)
-    keeps_reference = g.loss.beta > 0.0 and g.ref_refresh_every > 0
-    writer = MetricsWriter(run.out, enabled=jax.process_index() == 0, config=run.config)
-    summary: dict[str, Any] = {"accuracy_before": None}
-    ref_params = None
-    if resume and checkpointer.latest_step() is not None:
-        state, data_state, meta = checkpointer.restore(abstract_state(run))
-        if keeps_reference:
-            ref_params = checkpointer.restore_reference(jax.eval_shape(rl.copy_params, abstract_state(run).params))
-        prompts.set_state(data_state)
-        start = int(meta["iteration"])
-        summary["accuracy_before"] = meta.get("accuracy_before")
-        log.info("resumed GRPO from iteration %d", start)
-    else:
-        if resume:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", checkpointer.directory)
-        params = load_params(config, run.model_config, run.mesh, run.shardings.params)
-        state = init_train_state(params, run.optimizer, tc.seed, run.shardings, run.trainable)
-        start = 0
-        summary["accuracy_before"] = evaluate_accuracy(run, state.params)
-        if summary["accuracy_before"] is not None:
-            writer.write(0, {"eval_accuracy": summary["accuracy_before"]})
-    if g.loss.beta > 0.0 and ref_params is None:
-        # The initial policy: the current params on a fresh start, the loaded weights again on a resume.
-        ref_params = rl.copy_params(state.params if start == 0 else load_params(
-            config, run.model_config, run.mesh, run.shardings.params))
-    bar = tqdm(total=tc.steps, initial=start, desc="grpo", unit="it", disable=not progress)
-    bad_updates, row = 0, {}
-    for iteration in range(start + 1, tc.steps + 1):
-        groups, stats = collect(rl, state.params, prompts, iteration)
-        batch = rollout_batch(rl, state.params, ref_params, groups)
-        update_start = time.perf_counter()
-        state, updates = update_policy(rl, state, batch, iteration)
-        for values in updates:
-            bad_updates = bad_updates + 1 if values["skipped"] else 0
-        if bad_updates >= tc.max_bad_steps:
-            raise TrainingError(f"{bad_updates} consecutive GRPO updates had a non-finite loss or gradient "
-                                f"(iteration {iteration}); stopping. Lower the learning rate.")
-        totals = {key: sum(u[key] for u in updates) for key in updates[0]}
-        row = _log_row(rl, iteration, stats, groups, totals, updates, time.perf_counter() - update_start)
-        writer.samples(iteration, sample_columns(groups))
-        if keeps_reference and iteration % g.ref_refresh_every == 0:
-            ref_params = rl.copy_params(state.params)
-        if (tc.eval_every and iteration % tc.eval_every == 0) or iteration == tc.steps:
-            accuracy = evaluate_accuracy(run, state.params)
-            if accuracy is not None:
-                row["eval_accuracy"] = summary["accuracy_after"] = accuracy
-        if iteration % tc.log_every == 0 or iteration == tc.steps or "eval_accuracy" in row:
-            if "sandbox_layers" not in summary and (layers := shared_layers()) is not None:
-                row["sandbox_layers"] = summary["sandbox_layers"] = layers  # once: what confined the programs
-            writer.write(iteration, row)
-        bar.update(1)
-        bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row.get('kl_mean', 0.0):.4f}")
-        if (tc.save_every and iteration % tc.save_every == 0) or iteration == tc.steps:
-            checkpointer.save(iteration, state, prompts.get_state(),
-                              {"iteration": iteration, "accuracy_before": summary["accuracy_before"]},
-                              reference=ref_params if keeps_reference else None)
-    bar.close()
-    checkpointer.wait()
-    if tc.export_hf:
-        export_final(run, state.params)
-        push_final(run)
-    checkpointer.close()
-    summary.update(steps=tc.steps, reward_mean=row.get("reward_mean"), accuracy=row.get("accuracy"),
-                   output_dir=str(run.out))
-    summary.setdefault("accuracy_after", None)
-    writer.close(summary)
-    return summary
-
-
 def with_rollout_memory(report: dict[str, float], run: Run) -> dict[str, float]:
     """A GRPO dry run's report: the update's memory plus the rollout's KV cache and (beta > 0) the reference
     copy in the compute dtype, per device. Rollouts and updates alternate, so the cache counts against the
     update's arguments, not its temporaries."""
     g, m, gib = run.config.grpo, run.model_config, 2**30
     devices, itemsize = report["devices"], jnp.dtype(m.compute_dtype).itemsize
-    cache = 2 * m.num_layers * g.rows * (g.max_prompt_len + g.max_new_tokens) * m.num_kv_heads * m.head_dim
+    cache = 2 * m.num_layers * g.rows * (g.max_prompt_len + g.sampling.max_new_tokens) * m.num_kv_heads * m.head_dim
     reference = m.num_params() if g.loss.beta > 0 else 0
     report = {**report, "kv_cache_gib_per_device": cache * itemsize / devices / gib,
               "reference_gib_per_device": reference * itemsize / devices / gib}

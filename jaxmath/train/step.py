@@ -131,7 +131,7 @@ def make_eval_step(loss_fn: LossFn, mesh: Mesh, graphdef: nnx.GraphDef, params_s
                    outputs: Outputs | None = None) -> Callable[..., tuple[jax.Array, jax.Array, dict, dict]]:
     """A jitted `(params, batch[, reference_params]) -> (numerator, denominator, metric totals, outputs)` for
     held-out evaluation; `outputs(model, batch)` (default none) returns per-row arrays, e.g. step scores."""
-    def evaluate(params: Any, batch: Batch, reference_params: Any = None):
+    def eval_step(params: Any, batch: Batch, reference_params: Any = None):
         if reference is not None:
             batch = reference.extend(reference_params, batch)
         model = nnx.merge(graphdef, params)
@@ -141,7 +141,7 @@ def make_eval_step(loss_fn: LossFn, mesh: Mesh, graphdef: nnx.GraphDef, params_s
     in_shardings = (params_sharding, batch_shardings(mesh, example_batch))
     if reference is not None:
         in_shardings += (reference.shardings,)
-    return jax.jit(evaluate, in_shardings=in_shardings, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return jax.jit(eval_step, in_shardings=in_shardings, out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 def setup_training(model: nnx.Module, loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh,

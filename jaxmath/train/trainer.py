@@ -1,5 +1,7 @@
-"""The training loop for every objective (sft / dpo / prm): data -> sharded train step -> metrics,
-evaluation, checkpoints, final export. What differs per objective is in `jaxmath.train.tasks`.
+"""The one training loop, for every objective (sft / dpo / prm / grpo): build the run, prove it can write its
+outputs, start or resume, then step -> read the metrics back -> evaluate and save on their cadences -> export.
+What one step is and what it logs are the hooks of the objective's task (`jaxmath.train.tasks`); the pieces
+every run shares are in `jaxmath.train.run`.
 
 Everything a run writes lives in its output directory: config.yaml, metrics.jsonl, tensorboard/,
 checkpoints/<step>/ (resumable), tokenizer/, reference/ (DPO's precomputed reference log-probs), and at
@@ -8,57 +10,45 @@ the end final_model/ (jaxmath) and hf/ (transformers; a PRM as `*ForTokenClassif
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
-import itertools
 import json
 import logging
 import math
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
 from jaxmath.checkpoint import peft_io
-from jaxmath.checkpoint.convert import model_config_from_hf, to_host
+from jaxmath.checkpoint.convert import model_config_from_hf
 from jaxmath.checkpoint.hub import resolve_model_dir
-from jaxmath.checkpoint.pretrained import (export_to_hf, from_pretrained, hf_config_of, is_jaxmath_dir,
-                                           save_jaxmath)
+from jaxmath.checkpoint.pretrained import hf_config_of, is_jaxmath_dir
 from jaxmath.config import dump_yaml
 from jaxmath.data.formats import get_format
-from jaxmath.data.pipelines import Pipeline, PipelineOptions
 from jaxmath.data.tokenizer import ensure_pad_token, load_tokenizer, train_tokenizer
 from jaxmath.models.attention import describe as describe_attention
-from jaxmath.models.config import ModelConfig
-from jaxmath.models.quantize import dequantize_params, quantize_params
+from jaxmath.models.config import REMAT_POLICIES, ModelConfig
 from jaxmath.models.transformer import build_model
-from jaxmath.objectives import metric_means
-from jaxmath.parallel import initialize_distributed, make_mesh, process_max, sync_processes
-from jaxmath.train import reference as ref
+from jaxmath.parallel import initialize_distributed, make_mesh, sync_processes
+from jaxmath.tracking import check_wandb
 from jaxmath.train import remat
 from jaxmath.train.checkpointing import TrainCheckpointer
 from jaxmath.train.config import TrainConfig, check_context
-from jaxmath.train.metrics import MetricsWriter, peak_flops, train_flops_per_token
+from jaxmath.train.metrics import MetricsWriter
 from jaxmath.train.optimizer import make_optimizer
 from jaxmath.train.preflight import check_outputs, ensure_writable
-from jaxmath.train.publish import check_token, push_to_hub
-from jaxmath.train.state import (TrainState, init_train_state, param_shardings, partition, state_shardings,
-                                 trainable_predicate)
-from jaxmath.train.step import ReferenceModel, batch_shardings, make_eval_step, make_train_step, to_global
-from jaxmath.train.tasks import Row, Task, task_for
-from jaxmath.tracking import check_wandb
+from jaxmath.train.publish import check_token
+from jaxmath.train.rl import RLRun
+from jaxmath.train.run import (Row, Run, TrainingError, abstract_state, export_final, held_out_accuracy, load_params,
+                               push_final)
+from jaxmath.train.state import TrainState, init_train_state, param_shardings, state_shardings, trainable_predicate
+from jaxmath.train.step import ReferenceModel, batch_shardings, make_eval_step, make_train_step
+from jaxmath.train.tasks import Settled, Task, task_for
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. too many consecutive non-finite steps)."""
 
 
 # ---------------------------------------------------------------- model and tokenizer
@@ -100,30 +90,8 @@ def model_config(config: TrainConfig, hf_config: Mapping[str, Any]) -> ModelConf
     return mconfig
 
 
-def load_params(config: TrainConfig, mconfig: ModelConfig, mesh: jax.sharding.Mesh,
-                shardings: dict[str, Any], path: str | None = None) -> dict[str, Any]:
-    """Pretrained weights placed on the mesh (from `path`, default model.path; a causal LM's decoder under a
-    fresh head when `mconfig` is a classifier), or a random init created directly in its shards. With
-    model.quantize the loaded base's projection kernels are then quantised, one at a time."""
-    adapter = config.model.adapter if path is None else None  # the policy's own weights: base + adapter
-    path = path or config.model.path
-    if path is not None:
-        params = nnx.to_pure_dict(nnx.state(from_pretrained(
-            resolve_model_dir(path), mesh=mesh, num_labels=mconfig.num_labels or None,
-            adapter=None if adapter is None else resolve_model_dir(adapter), **config.model.options())))
-        got = jax.tree.map(np.shape, params)
-        want = jax.tree.map(lambda s: s.shape, _abstract_params(mconfig.replace(quantize_weights=None)))
-        if got != want:
-            raise ValueError(f"{path}: its parameters do not have the shapes of the model trained "
-                             f"({mconfig.model_type}, {mconfig.num_layers} layers, hidden {mconfig.hidden_size})")
-        return quantize_params(params, _abstract_params(mconfig), shardings)
-    init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build_model(mconfig, config.model.seed))),
-                   out_shardings=shardings)
-    return init()
 
 
-def _abstract_params(mconfig: ModelConfig) -> dict[str, Any]:
-    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(mconfig))))
 
 
 def prepare_tokenizer(config: TrainConfig, records: list[Row], out: Path) -> Any:
@@ -172,44 +140,11 @@ def load_records(config: TrainConfig) -> tuple[list[Row], list[Row]]:
     return train, evaluation
 
 
-def make_pipeline(run: Run, split: str, ordered: bool = False) -> Pipeline:
-    """The train (endless, shuffled) or eval (one epoch) pipeline of this process; `ordered`: one unshuffled
-    epoch (the reference pass). Precomputed reference fields join the examples."""
-    config = run.config
-    rows = run.train_records if split == "train" else run.eval_records
-    endless = split == "train" and not ordered
-    options = PipelineOptions(seed=config.data.seed, num_epochs=None if endless else 1, shuffle=endless,
-                              strict=config.data.strict)
-    reference = None if ordered else run.reference_tables.get(split)
-    return run.task.pipeline(config, rows, run.tokenizer, options, reference)
 
 
 # ---------------------------------------------------------------- the run
 
 
-@dataclasses.dataclass
-class Run:
-    """What the loop needs, built once from the config."""
-
-    config: TrainConfig
-    out: Path
-    mesh: jax.sharding.Mesh
-    model_config: ModelConfig
-    hf_config: dict[str, Any]
-    tokenizer: Any
-    graphdef: nnx.GraphDef
-    trainable: Callable[[str], bool]
-    shardings: TrainState
-    step_fn: Callable  # (state, batch) -> (state, metrics); (state, batch, reference params) with `reference`
-    eval_fn: Callable  # (params, batch[, reference params]) -> (numerator, denominator, metric totals, outputs)
-    batch_sharding: dict[str, Any]
-    schedule: Callable
-    train_records: list[Row]
-    eval_records: list[Row]
-    task: Task = dataclasses.field(default_factory=Task)
-    reference: ReferenceModel | None = None  # the frozen reference evaluated inside the step (DPO on the fly)
-    reference_tables: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # split -> precomputed
-    optimizer: optax.GradientTransformation | None = None  # the run's Optax chain (its schedule: `schedule`)
 
 
 def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_data: bool = True,
@@ -261,15 +196,8 @@ def check_batch_split(config: TrainConfig, mesh: jax.sharding.Mesh) -> None:
                          f"{jax.process_count()} processes")
 
 
-def abstract_state(run: Run) -> TrainState:
-    return jax.tree.map(lambda s, a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), run.shardings,
-                        jax.eval_shape(lambda: _fresh_state_shapes(run)))
 
 
-def _fresh_state_shapes(run: Run) -> TrainState:
-    params = nnx.to_pure_dict(nnx.state(build_model(run.model_config)))
-    opt_state = run.optimizer.init(partition(params, run.trainable)[0])
-    return TrainState(jnp.zeros((), jnp.int32), params, opt_state, jax.random.PRNGKey(0))
 
 
 def dry_run(config: TrainConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
@@ -287,11 +215,7 @@ def dry_run(config: TrainConfig, output_dir: str | Path | None = None) -> dict[s
              for k, v in run.task.example_batch(config).items()}
     reference = (state.params,) if run.reference is not None else ()
     compiled = run.step_fn.lower(state, batch, *reference).compile()
-    report = memory_report(state, compiled.memory_analysis())
-    if config.objective == "grpo":
-        from jaxmath.train.rl import with_rollout_memory
-        return with_rollout_memory(report, run)
-    return report
+    return run.task.report_memory(memory_report(state, compiled.memory_analysis()), run)
 
 
 def _with_remat(config: TrainConfig, policy: str) -> TrainConfig:
@@ -311,8 +235,8 @@ def with_measured_remat(config: TrainConfig, output_dir: str | Path | None = Non
         return config
     options = _measure_remat(config, output_dir, stop_at_first_fit=True)
     chosen = remat.first_fit(options)
-    none_fits = len(remat.REMAT_ORDER)
-    index = none_fits if chosen is None else remat.REMAT_ORDER.index(chosen.remat)
+    none_fits = len(REMAT_POLICIES)
+    index = none_fits if chosen is None else REMAT_POLICIES.index(chosen.remat)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         index = int(multihost_utils.broadcast_one_to_all(np.int32(index)))
@@ -321,8 +245,8 @@ def with_measured_remat(config: TrainConfig, output_dir: str | Path | None = Non
         raise TrainingError(f"model.remat: auto found no remat policy whose train step fits this device:\n{table}\n"
                             "make micro-batches smaller (optimizer.grad_accum, data.batch_size, data.seq_len) or "
                             "shard the weights over more devices (mesh.fsdp)")
-    log.info("model.remat: auto chose %s\n%s", remat.REMAT_ORDER[index], table)
-    return _with_remat(config, remat.REMAT_ORDER[index])
+    log.info("model.remat: auto chose %s\n%s", REMAT_POLICIES[index], table)
+    return _with_remat(config, REMAT_POLICIES[index])
 
 
 def memory_report(state: TrainState, stats: Any) -> dict[str, float]:
@@ -345,118 +269,28 @@ def memory_report(state: TrainState, stats: Any) -> dict[str, float]:
     return report
 
 
-# ---------------------------------------------------------------- the frozen reference (DPO)
+def build_rl_run(config: TrainConfig, output_dir: str | Path | None = None, with_data: bool = True) -> RLRun:
+    """A GRPO run built and prepared for rollouts, for benchmarks and tests that drive its iterations."""
+    run = build_run(config, output_dir, with_data)
+    run.task.prepare(run)
+    return run.task.rl
 
 
-def reference_inputs(run: Run, params: Any | None) -> tuple[Any, ...]:
-    """The step's extra arguments: the frozen reference's params when it runs inside the step (on the fly),
-    else none. With `precompute` the reference instead makes one pass over the data first, whose table a
-    resumed run (`params` None) reads back, and is dropped. The reference is `dpo.reference_model`, else
-    the initial policy (`params`, or reloaded when resuming)."""
-    mode = run.task.reference_mode(run.config)
-    if mode is None:
-        return ()
-    saved = ref.reference_file(run.out)
-    if mode == "precompute" and params is None and saved.is_file():
-        run.reference_tables = ref.load_tables(saved)
-        log.info("reference log-probs read from %s", saved)
-        return ()
-    path = run.config.dpo.reference_model
-    if path is not None or params is None:
-        reference = load_params(run.config, run.model_config, run.mesh, run.shardings.params, path=path)
-    elif mode == "on_the_fly":  # the train state is donated at every step: the reference needs its own buffers
-        reference = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=run.shardings.params)(params)
-    else:
-        reference = params
-    if mode == "on_the_fly":
-        return (reference,)
-    run.reference_tables = precompute_reference(run, reference)
-    ref.save_tables(saved, run.reference_tables)
-    return ()
-
-
-def precompute_reference(run: Run, params: Any) -> dict[str, np.ndarray]:
-    """{split: [examples, columns]} reference fields for this process's train and eval examples."""
-    columns = run.task.reference_columns
-    sharding = {k: s for k, s in run.batch_sharding.items() if k not in columns}
-    padding = {k: v for k, v in run.task.padding_batch(run.config).items() if k in sharding}
-    forward = jax.jit(lambda p, batch: run.task.reference_fields(nnx.merge(run.graphdef, p), batch),
-                      in_shardings=(run.shardings.params, sharding))
-    tables = {}
-    for split, rows in (("train", run.train_records), ("eval", run.eval_records)):
-        if rows:
-            pipeline = make_pipeline(run, split, ordered=True)
-            tables[split] = ref.precompute(forward, params, pipeline, pipeline.num_examples, columns, padding,
-                                           sharding, run.mesh, desc=f"reference ({split})")
-    return tables
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-def evaluate(run: Run, params: Any, reference: tuple[Any, ...] = ()) -> dict[str, float]:
-    """Held-out figures over `train.eval_batches` batches: eval_loss, the objective's metric means (DPO reward
-    accuracy and margins, PRM step accuracy) and its own figures (PRM step ROC AUC), each prefixed eval_."""
-    if not run.eval_records:
-        return {}
-    numerator = denominator = 0.0
-    totals: dict[str, float] = collections.defaultdict(float)
-    outputs: dict[str, list[np.ndarray]] = collections.defaultdict(list)
-    for batch in eval_batches(run):
-        n, d, metrics, extra = run.eval_fn(params, to_global(batch, run.batch_sharding), *reference)
-        numerator, denominator = numerator + float(n), denominator + float(d)
-        for key, value in jax.device_get(metrics).items():
-            totals[key] += float(value)
-        for key, value in extra.items():
-            outputs[key].append(to_host(value))
-    result = {"loss": numerator / max(denominator, 1.0), **metric_means(run.config.objective, totals)}
-    if outputs:
-        result.update(run.task.eval_summary({k: np.concatenate(v) for k, v in outputs.items()}))
-    return {f"eval_{k}": v for k, v in result.items()}
-
-
-def eval_batches(run: Run) -> list[dict[str, Any]]:
-    """This process's held-out batches (at most `train.eval_batches`), topped up with padding batches to the
-    largest count of any process: shards can yield different numbers of batches, and every process must run
-    each (collective) evaluation step. Padding rows have no scored tokens, so they change no figure."""
-    batches = list(itertools.islice(make_pipeline(run, "eval"), run.config.train.eval_batches))
-    padding = run.task.padding_batch(run.config)
-    return batches + [padding] * (process_max(len(batches)) - len(batches))
-
-
-def evaluate_accuracy(run: Run, params: Any) -> float | None:
-    """Greedy pass@1 on the first `train.eval_generate` held-out problems, graded by the verifier."""
-    count = run.config.train.eval_generate
-    if not count or not run.eval_records:
-        return None
-    from jaxmath.evaluation import Sampling, evaluate_benchmark, stop_token_ids
-    from jaxmath.verify import Verifier
-
-    model = nnx.merge(run.graphdef, params)
-    eos_ids = stop_token_ids(run.tokenizer, run.out / "tokenizer")
-    sampling = Sampling(max_new_tokens=run.config.train.eval_max_new_tokens)
-    with Verifier(workers=1, timeout=5) as verifier:
-        metrics, _ = evaluate_benchmark("held-out", run.eval_records[:count], model, run.tokenizer,
-                                        get_format(run.config.data.format), verifier, num_samples=1,
-                                        sampling=sampling, eos_ids=eos_ids, batch_size=min(32, count))
-    return metrics["pass@1"]
-
-
-# ---------------------------------------------------------------- training
+# ---------------------------------------------------------------- the loop
 
 
 def train(config: TrainConfig, output_dir: str | Path | None = None, resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary with the final loss and the last evaluation's figures
-    (GRPO: rewards and held-out accuracy before and after)."""
+    """Run (or resume) training for any objective; returns the task's summary (final loss and the last
+    evaluation's figures; GRPO: rewards and held-out accuracy before and after)."""
     check_wandb(config.logging.wandb)  # fail now, naming the fix, not after loading and training
     if config.train.push_to_hub:
         check_token()
-    if config.objective == "grpo":
-        from jaxmath.train.rl import train_grpo
-        return train_grpo(config, output_dir, resume, progress)
     initialize_distributed()
-    run = build_run(config, output_dir)
+    task = task_for(config)
+    task.check_environment(config)
+    run = build_run(config, output_dir, task=task)
+    task.prepare(run)
     check_outputs(run)  # room for a checkpoint; the final export works (tiny model) before any weight loads
     out, tc = run.out, config.train
     if jax.process_index() == 0:
@@ -466,110 +300,73 @@ def train(config: TrainConfig, output_dir: str | Path | None = None, resume: boo
     if resume and not restoring:
         log.warning("--resume: no checkpoint in %s, starting from scratch", checkpointer.directory)
     params = None if restoring else load_params(config, run.model_config, run.mesh, run.shardings.params)
-    reference = reference_inputs(run, params)
-    data = iter(make_pipeline(run, "train").dataset)
+    task.start(run, params)
+    data = task.train_data(run)
+    writer = MetricsWriter(out, enabled=jax.process_index() == 0, config=run.config)
     if restoring:
-        state, data_state, _ = checkpointer.restore(abstract_state(run))
+        state, data_state, meta = checkpointer.restore(abstract_state(run))
         data.set_state(data_state)
-        log.info("resumed from step %d", int(state.step))
+        start = task.resume(run, checkpointer, state, meta)
+        log.info("resumed from step %d", start)
     else:
         state = init_train_state(params, run.optimizer, tc.seed, run.shardings, run.trainable)
+        start = 0
+        task.begin(run, state, writer)
     del params  # the state holds them (and the step donates it)
-    writer = MetricsWriter(out, enabled=jax.process_index() == 0, config=run.config)
-    start = int(state.step)
-    summary = _loop(run, state, data, checkpointer, writer, start, progress, reference)
+    summary = _loop(run, task, state, data, checkpointer, writer, start, progress)
     writer.close(summary)
     checkpointer.close()
     return summary
 
 
-def _loop(run: Run, state: TrainState, data: Iterator, checkpointer: TrainCheckpointer, writer: MetricsWriter,
-          start: int, progress: bool, reference: tuple[Any, ...] = ()) -> dict[str, Any]:
+def _loop(run: Run, task: Task, state: TrainState, data: Iterator, checkpointer: TrainCheckpointer,
+          writer: MetricsWriter, start: int, progress: bool) -> dict[str, Any]:
+    """Steps `start + 1 .. train.steps`: each is dispatched, and the one before it read back (its row written at
+    log steps, with the evaluation of that step); evaluation and checkpoints on their cadences; the final export."""
     tc = run.config.train
-    flops_per_token = train_flops_per_token(run.model_config, run.config.data.seq_len)
-    peak = peak_flops(jax.devices()[0], run.model_config.dtype)
-    bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", disable=not progress)
-    bad_steps, last_loss, summary_accuracy = 0, math.nan, None
+    description, unit = task.progress
+    bar = tqdm(total=tc.steps, initial=start, desc=description, unit=unit, disable=not progress)
+    bad_updates, last, accuracy = 0, None, None
     evaluation: dict[str, float] = {}
-    window = {"tokens": 0, "positions": 0, "time": time.perf_counter()}
-    pending: tuple[int, dict[str, jax.Array]] | None = None
-    extra: dict[str, float] = {}  # eval results, written with the next logged row
+    extra: dict[str, float] = {}  # a step's evaluation, written with its row
+    pending: tuple[int, Any] | None = None
 
-    def settle(step: int, metrics: dict[str, jax.Array]) -> None:
-        """Read back a finished step's metrics (one step late, so the device never waits for the host)."""
-        nonlocal bad_steps, last_loss
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        bad_steps = bad_steps + 1 if values["skipped"] else 0
-        if bad_steps >= tc.max_bad_steps:
-            raise TrainingError(f"{bad_steps} consecutive steps had a non-finite loss or gradient (last at step "
+    def settle(step: int, outcome: Any) -> Settled:
+        nonlocal bad_updates
+        logged = step % tc.log_every == 0 or step == tc.steps
+        settled = task.settle(run, step, outcome, logged)
+        for update in settled.updates:
+            bad_updates = bad_updates + 1 if update["skipped"] else 0
+        if bad_updates >= tc.max_bad_steps:
+            raise TrainingError(f"{bad_updates} consecutive updates had a non-finite loss or gradient (last at step "
                                 f"{step}); stopping. Lower the learning rate or check the data.")
-        last_loss = values["loss"]
-        bar.set_postfix(loss=f"{last_loss:.4f}")
-        if step % tc.log_every == 0 or step == tc.steps:
-            elapsed = time.perf_counter() - window["time"]
-            tokens_per_second = window["tokens"] / elapsed
-            row = {"loss": values["loss"], "learning_rate": float(run.schedule(step - 1)),
-                   "grad_norm": values["grad_norm"], "tokens_per_second": tokens_per_second,
-                   "skipped_steps": int(values["skipped"])}
-            row.update(metric_means(run.config.objective, values))
-            if peak:
-                row["mfu"] = flops_per_token * window["positions"] / elapsed / (peak * jax.device_count())
-            writer.write(step, {**row, **extra})
+        bar.set_postfix(task.postfix(settled))
+        if settled.samples is not None:
+            writer.samples(step, settled.samples)
+        if logged:
+            writer.write(step, {**settled.row, **extra})
             extra.clear()
-            window.update(tokens=0, positions=0, time=time.perf_counter())
+        return settled
 
     for step in range(start + 1, tc.steps + 1):
-        batch = next(data)
-        tokens, positions = run.task.token_counts(batch)
-        window["tokens"] += tokens * jax.process_count()
-        window["positions"] += positions * jax.process_count()
-        state, metrics = run.step_fn(state, to_global(batch, run.batch_sharding), *reference)
+        state, outcome = task.step(run, state, data, step)
         if pending is not None:
-            settle(*pending)
-        pending = (step, metrics)
+            last = settle(*pending)
+        pending = (step, outcome)
         bar.update(1)
         if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-            evaluation = evaluate(run, state.params, reference)
+            evaluation = task.held_out(run, state.params)
             extra.update(evaluation)
-            accuracy = evaluate_accuracy(run, state.params)
-            if accuracy is not None:
-                extra["eval_accuracy"] = summary_accuracy = accuracy
+            if (figure := held_out_accuracy(run, state.params)) is not None:
+                extra["eval_accuracy"] = accuracy = figure
         if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
-            checkpointer.save(step, state, data.get_state(), {"step": step})
+            meta, kept = task.checkpoint(step)
+            checkpointer.save(step, state, data.get_state(), meta, reference=kept)
     if pending is not None:
-        settle(*pending)
+        last = settle(*pending)
     bar.close()
     checkpointer.wait()
     if tc.export_hf:
         export_final(run, state.params)
         push_final(run)
-    return {"steps": tc.steps, "final_loss": last_loss, "eval_loss": evaluation.get("eval_loss"), **evaluation,
-            "eval_accuracy": summary_accuracy, "output_dir": str(run.out)}
-
-
-def export_final(run: Run, params: Any) -> None:
-    """final_model/ (jaxmath model directory), hf/ (transformers checkpoint with the tokenizer, LoRA merged)
-    and, for a LoRA run, hf_adapter/ (the adapters alone, as a PEFT adapter directory for the base model).
-    Every process takes part in gathering the params to the host (a collective); process 0 writes the
-    directories (Orbax saves host arrays from process 0 alone, see jaxmath.checkpoint.orbax_io); all return
-    once they exist."""
-    host = jax.tree.map(to_host, params)
-    if jax.process_index() == 0:
-        side = sorted((run.out / "tokenizer").glob("*"))
-        # a quantised base is written dequantised (the kernels the run trained against), adapters alongside
-        host = dequantize_params(host, run.model_config.weight_dtype)
-        mconfig = run.model_config.replace(quantize_weights=None)
-        save_jaxmath(run.out / "final_model", host, mconfig, run.hf_config, side, overwrite=True)
-        export_to_hf(run.out / "final_model", run.out / "hf", overwrite=True)
-        if mconfig.lora_rank:
-            base = run.config.model.path
-            peft_io.save_adapter(run.out / "hf_adapter", host, mconfig, overwrite=True,
-                                 base_model=None if base is None or is_jaxmath_dir(base) else base)
-    sync_processes("jaxmath export_final")
-
-
-def push_final(run: Run) -> None:
-    """Upload hf/ with a generated model card to `train.push_to_hub` (process 0), after the final export."""
-    if run.config.train.push_to_hub and jax.process_index() == 0:
-        url = push_to_hub(run.out / "hf", run.config.train.push_to_hub, private=run.config.train.hub_private)
-        log.info("pushed %s to %s", run.out / "hf", url)
+    return task.summary(run, last, evaluation, accuracy)

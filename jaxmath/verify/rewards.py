@@ -1,67 +1,38 @@
-"""Reward functions for GRPO: pure `f(completions, examples) -> float32[n]`, registered by name.
+"""The verifier's reward functions for GRPO: pure `f(completions, examples) -> float32[n]`, listed by name in
+`VERIFIER_REWARDS` (the registry configs read, with the PRM's step bonus, is `jaxmath.rewards`).
 
-Each reward is logged on its own; `combine_rewards` weights and sums them from a config mapping. Lengths
-are in tokens when the caller passes `num_tokens` (one count per completion), otherwise approximated by
-whitespace-separated words. Answer checks go through `jaxmath.verify` (strict extraction, no fallback to
+Lengths are in tokens when the caller passes `num_tokens` (one count per completion), otherwise approximated
+by whitespace-separated words. Answer checks go through `jaxmath.verify` (strict extraction, no fallback to
 "any number in the text"); programs run only inside the sandbox.
 
 Every reward is total: any completion text gives a finite score (texts are parsed in linear time, and
-arithmetic and answers are size-bounded). Should one still raise, `combine_rewards(..., failures=...)`
-scores the rows it fails on 0 for it and counts them (`RewardFailures`), as the GRPO loop does.
+arithmetic and answers are size-bounded). Should one still raise, `jaxmath.rewards.combine_rewards(...,
+failures=...)` scores the rows it fails on 0 for it and counts them, as the GRPO loop does.
 """
 from __future__ import annotations
 
 import ast
 import atexit
-import functools
-import inspect
-import logging
 import math
 import operator
 import re
-import traceback
-from collections import Counter
 from fractions import Fraction
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxmath.verify.answers import run_completions
 from jaxmath.verify.extract import extract_all_answers, tag_blocks
 from jaxmath.verify.limits import MAX_ANSWER_CHARS
 from jaxmath.verify.normalize import normalize
 from jaxmath.verify.pool import Verifier
-from jaxmath.verify.sandbox import ProgramResult, shared_sandbox
 
 RewardFn = Callable[..., np.ndarray]
-REWARDS: dict[str, RewardFn] = {}
-log = logging.getLogger(__name__)
 
 
 class RewardConfigError(ValueError):
     """A reward's configuration is wrong (unknown name or parameter, missing model): the run must stop,
     unlike an error on one completion, which a guarded call scores 0."""
-
-
-def register(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Add a reward function to the registry under `name` (used by configs and `combine_rewards`)."""
-    def add(fn: RewardFn) -> RewardFn:
-        if name in REWARDS:
-            raise ValueError(f"reward {name!r} is already registered")
-        REWARDS[name] = fn
-        return fn
-    return add
-
-
-def get_reward(name: str, **params: Any) -> RewardFn:
-    """The registered reward `name` with its keyword parameters bound; errors name what is unknown."""
-    if name not in REWARDS:
-        raise RewardConfigError(f"unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
-    fn = REWARDS[name]
-    accepted = set(inspect.signature(fn).parameters) - {"completions", "examples", "num_tokens"}
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise RewardConfigError(f"reward {name!r} has no parameter(s) {unknown}; it accepts {sorted(accepted)}")
-    return functools.partial(fn, **params) if params else fn
 
 
 def _scores(values: Sequence[float]) -> np.ndarray:
@@ -88,19 +59,16 @@ def _one_of_each_tag(text: str) -> bool:
     return all(text.count(tag) == 1 for tag in _TAGS)
 
 
-@register("format_strict")
 def format_strict(completions: Sequence[str], examples: Sequence[Mapping]) -> np.ndarray:
     """1 for exactly `<think>\\n...\\n</think>\\n<answer>\\n...\\n</answer>` (non-empty parts, nothing around)."""
     return _scores([float(_one_of_each_tag(c) and bool(_STRICT.match(c))) for c in completions])
 
 
-@register("format_relaxed")
 def format_relaxed(completions: Sequence[str], examples: Sequence[Mapping]) -> np.ndarray:
     """1 when one think block is followed by one non-empty answer block, whatever the whitespace."""
     return _scores([float(_one_of_each_tag(c) and bool(_RELAXED.search(c))) for c in completions])
 
 
-@register("tag_count")
 def tag_count(completions: Sequence[str], examples: Sequence[Mapping], *,
               trailing_penalty: float = 0.001) -> np.ndarray:
     """0.25 per think/answer tag present exactly once, minus `trailing_penalty` per character after </answer>."""
@@ -114,7 +82,6 @@ def tag_count(completions: Sequence[str], examples: Sequence[Mapping], *,
 
 
 # --- length ---------------------------------------------------------------------------------------
-@register("length_bonus")
 def length_bonus(completions: Sequence[str], examples: Sequence[Mapping], *, num_tokens=None,
                  target_tokens: int = 512) -> np.ndarray:
     """Log-shaped bonus for reasoning length: ln(1 + n) / ln(1 + target_tokens), capped at 1."""
@@ -124,7 +91,6 @@ def length_bonus(completions: Sequence[str], examples: Sequence[Mapping], *, num
     return _scores(np.minimum(1.0, np.log1p(n) / math.log1p(target_tokens)))
 
 
-@register("brevity")
 def brevity(completions: Sequence[str], examples: Sequence[Mapping], *, num_tokens=None,
             per_token: float = -0.0002) -> np.ndarray:
     """Linear length penalty: `per_token` (negative) times the completion's length."""
@@ -218,7 +184,6 @@ def _step_equations(text: str) -> list[list[str]]:
     return [_EQUATION.findall(body) for body in tag_blocks(text, _STEP_TAGS)]
 
 
-@register("step_arithmetic")
 def step_arithmetic(completions: Sequence[str], examples: Sequence[Mapping]) -> np.ndarray:
     """Share of the `@@@@ a = b @@@@` equations inside `<STEP n>` blocks that are arithmetically right."""
     scores = []
@@ -255,7 +220,6 @@ def _operands(expr: str) -> set[Fraction]:
     return values
 
 
-@register("step_chaining")
 def step_chaining(completions: Sequence[str], examples: Sequence[Mapping]) -> np.ndarray:
     """Share of steps (after the first with an equation) whose equations use an earlier step's result.
 
@@ -280,7 +244,6 @@ def step_chaining(completions: Sequence[str], examples: Sequence[Mapping]) -> np
 
 
 # --- answers: correctness, numeric, program of thought ---------------------------------------------
-_CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 # A plain number after normalisation: integer, decimal, a/b or \frac{a}{b}, optionally signed. Checked
 # with a regex, never sympy, because this reward runs in the caller's process on untrusted text.
 _PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+|\d+/\d+|\\frac\{\d+\}\{\d+\})")
@@ -322,7 +285,6 @@ def hedged(completions: Sequence[str]) -> list[bool]:
     return flags
 
 
-@register("correctness")
 def correctness(completions: Sequence[str], examples: Sequence[Mapping]) -> np.ndarray:
     """1 when the final answer equals the example's `answer` (bounded verifier workers), else 0.
 
@@ -333,7 +295,6 @@ def correctness(completions: Sequence[str], examples: Sequence[Mapping]) -> np.n
     return _scores([float(v.correct and not h) for v, h in zip(verdicts, hedged(completions))])
 
 
-@register("numeric")
 def numeric(completions: Sequence[str], examples: Sequence[Mapping]) -> np.ndarray:
     """1 when the completion states exactly one final answer and it is a number (integer, fraction, decimal);
     an answer longer than the verifier's limit (`MAX_ANSWER_CHARS`) scores 0."""
@@ -346,23 +307,6 @@ def numeric(completions: Sequence[str], examples: Sequence[Mapping]) -> np.ndarr
     return _scores(scores)
 
 
-def extract_program(completion: str) -> str | None:
-    """The last fenced Python code block of a completion (```python ... ```), or None."""
-    blocks = _CODE_BLOCK.findall(completion)
-    return blocks[-1] if blocks else None
-
-
-def run_completions(completions: Sequence[str], timeout: float | None = None) -> list[ProgramResult | None]:
-    """Each completion's program run in the shared sandbox (concurrently); None where it has no code block."""
-    programs = [extract_program(c) for c in completions]
-    runnable = [i for i, p in enumerate(programs) if p is not None]
-    results: list[ProgramResult | None] = [None] * len(completions)
-    for i, result in zip(runnable, shared_sandbox().run_batch([programs[i] for i in runnable], timeout=timeout)):
-        results[i] = result
-    return results
-
-
-@register("program_execution")
 def program_execution(completions: Sequence[str], examples: Sequence[Mapping], *,
                       timeout: float = 5.0) -> np.ndarray:
     """1 when the completion's program runs in the sandbox, its asserts hold, and its value equals `answer`."""
@@ -376,124 +320,9 @@ def program_execution(completions: Sequence[str], examples: Sequence[Mapping], *
     return scores
 
 
-@register("prm_steps")
-def prm_steps(completions: Sequence[str], examples: Sequence[Mapping], *, model: str = "", how: str = "min",
-              format: str = "boxed", max_chars: int = 64_000) -> np.ndarray:
-    """Step-quality bonus: each completion's `how`-aggregated step score (P(good)) from the process reward
-    model in directory `model`, trained in prompt `format`; loaded once per process; 0 without steps.
-    A completion over `max_chars` characters scores 0 without a PRM pass (its attention would not fit)."""
-    if not model:
-        raise RewardConfigError("reward prm_steps needs its PRM directory: reward_params: {prm_steps: {model: PATH}}")
-    from jaxmath.prm.reward import loaded_step_bonus
-
-    try:
-        bonus = loaded_step_bonus(model, how, format)
-    except Exception as err:  # a missing or wrong model directory, an unknown aggregation: no row can score
-        raise RewardConfigError(f"reward prm_steps cannot use the PRM {model!r}: {err}") from err
-    scores = np.zeros(len(completions), dtype=np.float32)
-    fits = [i for i, text in enumerate(completions) if len(text) <= max_chars]
-    if fits:
-        scores[fits] = bonus([completions[i] for i in fits], [examples[i] for i in fits])
-    return scores
-
-
-# --- combination ----------------------------------------------------------------------------------
-class RewardFailures:
-    """Rows whose reward function raised (or gave a non-finite score), counted per function; the first
-    traceback of each function is logged once, later failures only counted."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self._logged: set[str] = set()
-
-    def record(self, name: str, row: int, error: BaseException) -> None:
-        """Count one failed row of reward `name`; log its traceback if it is the function's first."""
-        self.counts[name] += 1
-        if name not in self._logged:
-            self._logged.add(name)
-            detail = "".join(traceback.format_exception(error)).rstrip()
-            log.error("reward %r failed on row %d; the row scores 0 for it (later failures are only counted "
-                      "in reward_errors/%s):\n%s", name, row, name, detail)
-
-    def take(self, names: Sequence[str]) -> dict[str, int]:
-        """`reward_errors/<name>` for each name (0 when none) since the last call, then reset the counts."""
-        counts = {f"reward_errors/{name}": self.counts[name] for name in names}
-        self.counts.clear()
-        return counts
-
-
-def _call(name: str, completions: Sequence[str], examples: Sequence[Mapping], params: Mapping[str, Any],
-          num_tokens: Sequence[int] | np.ndarray | None) -> np.ndarray:
-    """Reward `name`'s float32 scores, one per completion (any finite or not); errors propagate."""
-    fn = get_reward(name, **params)
-    takes_tokens = "num_tokens" in inspect.signature(REWARDS[name]).parameters
-    scores = fn(completions, examples, num_tokens=num_tokens) if takes_tokens else fn(completions, examples)
-    scores = np.asarray(scores, dtype=np.float32)
-    if scores.shape != (len(completions),):
-        raise ValueError(f"reward {name!r} returned shape {scores.shape} for {len(completions)} completions")
-    return scores
-
-
-def guarded_scores(name: str, completions: Sequence[str], examples: Sequence[Mapping], failures: RewardFailures,
-                   params: Mapping[str, Any] | None = None,
-                   num_tokens: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-    """Reward `name`'s scores where a failure costs one row, not the batch: when the batch call raises, each
-    row is scored alone; a row that raises or scores non-finite scores 0 and is recorded in `failures`.
-    A RewardConfigError (wrong name or parameters) still raises: no row can be scored."""
-    params = dict(params or {})
-    try:
-        scores = _call(name, completions, examples, params, num_tokens)
-    except RewardConfigError:
-        raise
-    except Exception:  # any failure of a reward function on any text: find the rows that cause it
-        tokens = None if num_tokens is None else np.asarray(num_tokens).reshape(-1)
-        scores = np.zeros(len(completions), dtype=np.float32)
-        for i in range(len(completions)):
-            try:
-                scores[i] = _call(name, completions[i:i + 1], examples[i:i + 1], params,
-                                  None if tokens is None else tokens[i:i + 1])[0]
-            except RewardConfigError:
-                raise
-            except Exception as err:  # the same, for this row alone
-                failures.record(name, i, err)
-    for i in np.flatnonzero(~np.isfinite(scores)):
-        failures.record(name, int(i), FloatingPointError(f"reward {name!r} scored row {i} {scores[i]}"))
-        scores[i] = 0.0
-    return scores
-
-
-def combine_rewards(completions: Sequence[str], examples: Sequence[Mapping], weights: Mapping[str, float], *,
-                    params: Mapping[str, Mapping[str, Any]] | None = None,
-                    num_tokens: Sequence[int] | np.ndarray | None = None,
-                    failures: RewardFailures | None = None,
-                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Weighted sum of the named rewards, and each reward's own (unweighted) scores for logging.
-
-    `weights` maps reward names to weights (a config's `rewards:` section); `params` optionally maps a
-    name to keyword parameters (e.g. {"brevity": {"per_token": -0.0005}}); `num_tokens` goes to the
-    length rewards. Without `failures` any reward error raises; with it (the GRPO loop) a row on which a
-    reward fails scores 0 for that reward and is counted there (see `guarded_scores`).
-    """
-    if len(completions) != len(examples):
-        raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
-    if num_tokens is not None and np.shape(num_tokens) != (len(completions),):
-        raise ValueError(f"num_tokens needs one count per completion ({len(completions)}), "
-                         f"got shape {np.shape(num_tokens)}")
-    params = dict(params or {})
-    stray = sorted(set(params) - set(weights))
-    if stray:
-        raise RewardConfigError(f"reward params given for {stray}, which have no weight")
-    total = np.zeros(len(completions), dtype=np.float32)
-    per_function: dict[str, np.ndarray] = {}
-    for name, weight in weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise RewardConfigError(f"reward weight for {name!r} must be a finite number, got {weight!r}")
-        if failures is not None:
-            scores = guarded_scores(name, completions, examples, failures, params.get(name), num_tokens)
-        else:
-            scores = _call(name, completions, examples, params.get(name, {}), num_tokens)
-            if not np.all(np.isfinite(scores)):
-                raise ValueError(f"reward {name!r} returned non-finite values for {len(completions)} completions")
-        per_function[name] = scores
-        total += np.float32(weight) * scores
-    return total, per_function
+# The verifier's rewards by name; `jaxmath.rewards` registers them with the PRM's for configs to name.
+VERIFIER_REWARDS: dict[str, RewardFn] = {
+    "format_strict": format_strict, "format_relaxed": format_relaxed, "tag_count": tag_count,
+    "length_bonus": length_bonus, "brevity": brevity, "step_arithmetic": step_arithmetic,
+    "step_chaining": step_chaining, "correctness": correctness, "numeric": numeric,
+    "program_execution": program_execution}

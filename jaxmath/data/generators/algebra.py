@@ -118,7 +118,7 @@ def expand(rng: random.Random) -> Problem:
 
 
 @register("polynomials__evaluate", "polynomials")
-def evaluate(rng: random.Random) -> Problem:
+def evaluate_polynomial(rng: random.Random) -> Problem:
     name = rng.choice("fghpq")
     poly = _poly(rng, x, rng.randint(1, 3), bound=7)
     at = rng.randint(-6, 6)

@@ -1,15 +1,15 @@
-"""`python -m jaxmath.data build ...`: build a training JSONL from named sources, files and generators;
-`python -m jaxmath.data prm-filter ...`: keep generated solutions that are correct and that a PRM rates highly.
-`python -m jaxmath.data pairs ...`: build DPO preference pairs from sampled, graded completions.
+"""`jaxmath data`: build a training JSONL from named sources, files and generators (build); synthesize verified
+solutions and revision data with a teacher (synthesize, revise); build DPO preference pairs from sampled, graded
+completions (pairs); keep generated solutions that are correct and that a PRM rates highly (prm-filter).
 
-    python -m jaxmath.data build --output data/train.jsonl --data-dir ../shared/data \\
+    jaxmath data build --output data/train.jsonl --data-dir ../shared/data \\
         --hf-datasets gsm8k --hf-samples 2000 --include-synthetic --synthetic-samples 2000
-    python -m jaxmath.data build --list-hf-datasets
-    python -m jaxmath.data synthesize --teacher http://localhost:8000/v1 --teacher-model NAME \\
+    jaxmath data build --list-hf-datasets
+    jaxmath data synthesize --teacher http://localhost:8000/v1 --teacher-model NAME \\
         --input data/train.jsonl --output data/pot.jsonl --samples 4
-    python -m jaxmath.data revise --teacher ckpt/ --input data/train.jsonl --rounds 2 --output-dir data/revise
-    python -m jaxmath.data prm-filter --in results/samples.jsonl --prm runs/prm/final_model --out kept.jsonl
-    python -m jaxmath.data pairs --input results/samples.jsonl --data-dir ../shared/data --output data/dpo/pairs.jsonl
+    jaxmath data revise --teacher ckpt/ --input data/train.jsonl --rounds 2 --output-dir data/revise
+    jaxmath data prm-filter --in results/samples.jsonl --prm runs/prm/final_model --out kept.jsonl
+    jaxmath data pairs --input results/samples.jsonl --data-dir ../shared/data --output data/dpo/pairs.jsonl
 """
 from __future__ import annotations
 
@@ -22,11 +22,10 @@ from jaxmath.data.decontaminate import NGRAM, THRESHOLD
 from jaxmath.data.formats import FORMATS
 from jaxmath.data.readers import BadRowError, FieldMap
 from jaxmath.data.sources import SOURCES, SourceError, describe_sources
-from jaxmath.synthesis.cli import add_revise_parser, add_synthesize_parser
-from jaxmath.synthesis.cli import run as run_synthesis
+from jaxmath.commands.options import DTYPE_CHOICES, PRM_AGGREGATIONS
+from jaxmath.commands.synthesis import add_revise_parser, add_synthesize_parser
+from jaxmath.commands.synthesis import run as run_synthesis
 
-# jaxmath.objectives.prm.STEP_AGGREGATIONS, named here so `--help` does not import jax (a test checks they agree).
-PRM_AGGREGATIONS = ("min", "product", "last")
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
@@ -109,7 +108,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     f.add_argument("--format", default="boxed", choices=sorted(FORMATS),
                    help="prompt format the PRM was trained with, and the solutions' answer format (default boxed)")
     f.add_argument("--batch-size", type=int, default=16, help="traces per PRM forward pass (default 16)")
-    f.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+    f.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                    help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     f.add_argument("--verifier-workers", type=int, default=None,
                    help="grading processes for rows without a verdict (default: CPU cores)")
@@ -238,8 +237,8 @@ def _config(args: argparse.Namespace) -> BuildConfig:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Entry point of `python -m jaxmath.data` and `jaxmath data`; returns the exit status."""
-    parser = _parser(prog or "python -m jaxmath.data")
+    """Entry point of `jaxmath data`; returns the exit status."""
+    parser = _parser(prog or "jaxmath data")
     args = parser.parse_args(argv)
     if args.command in ("synthesize", "revise"):
         return run_synthesis(args)
@@ -278,7 +277,3 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,9 @@ from typing import Any
 import yaml
 
 from jaxmath.config import ConfigError, apply_overrides, from_dict
+from jaxmath.commands.options import DTYPE_CHOICES, SAMPLING_FLAGS, add_sampling_arguments
 from jaxmath.data.formats import FORMATS
+from jaxmath.synthesis.config import GenerationConfig
 from jaxmath.synthesis.teacher import API_KEY_ENV, BASE_URL_ENV, MODEL_ENV, TeacherError
 from jaxmath.verify.sandbox import LAYERS, SandboxUnavailable
 
@@ -17,10 +19,10 @@ from jaxmath.verify.sandbox import LAYERS, SandboxUnavailable
 FLAG_KEYS = {"teacher_model": "teacher.model", "concurrency": "teacher.concurrency",
              "max_retries": "teacher.max_retries", "request_timeout": "teacher.timeout_s", "dtype": "teacher.dtype",
              "batch_size": "teacher.batch_size", "input": "input", "format": "format", "samples": "samples",
-             "temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_new_tokens", "seed": "seed",
              "cache": "cache", "limit": "limit", "chunk": "chunk", "sandbox_timeout": "sandbox_timeout",
              "require_sandbox": "sandbox.require", "verifier_workers": "verifier_workers", "output": "output",
-             "keep_per_problem": "keep_per_problem", "output_dir": "output_dir", "rounds": "rounds"}
+             "keep_per_problem": "keep_per_problem", "output_dir": "output_dir", "rounds": "rounds",
+             **{dest: f"sampling.{field}" for dest, field in SAMPLING_FLAGS.items()}}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +42,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                          help="retries of a failed request: connection errors, timeouts, 429, 5xx (default 6)")
     teacher.add_argument("--request-timeout", type=float, default=None, metavar="S",
                          help="seconds per HTTP request (default 120)")
-    teacher.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+    teacher.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                          help="compute dtype of a checkpoint teacher")
     teacher.add_argument("--batch-size", type=int, default=None, help="rows per generate call of a checkpoint teacher")
     data = parser.add_argument_group("problems and sampling")
@@ -49,10 +51,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                            "(repeatable)")
     data.add_argument("--format", default=None, choices=sorted(FORMATS), help="prompt format (default pot)")
     data.add_argument("--samples", type=int, default=None, help="completions per problem (default 4)")
-    data.add_argument("--temperature", type=float, default=None, help="default 0.7")
-    data.add_argument("--top-p", type=float, default=None)
-    data.add_argument("--max-new-tokens", type=int, default=None, help="default 1024")
-    data.add_argument("--seed", type=int, default=None)
+    add_sampling_arguments(data, GenerationConfig().sampling, overrides_config=True)
     data.add_argument("--limit", type=int, default=None, help="only the first N problems")
     data.add_argument("--chunk", type=int, default=None, help="problems per ask-run-grade round (default 64)")
     data.add_argument("--cache", default=None, metavar="PATH",
