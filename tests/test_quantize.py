@@ -173,7 +173,8 @@ def test_a_4bit_lora_run_trains_and_exports_adapters_merged_into_the_dequantised
     from jaxmath.config import load_config
     from jaxmath.train.checkpointing import TrainCheckpointer
     from jaxmath.train.config import TrainConfig
-    from jaxmath.train.trainer import abstract_state, build_run, train
+    from jaxmath.train.run import abstract_state
+    from jaxmath.train.trainer import build_run, train
     from test_peft import arithmetic_base
 
     tiny = Path(__file__).resolve().parents[1] / "configs" / "sft" / "tiny-cpu.yaml"
