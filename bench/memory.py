@@ -68,6 +68,7 @@ SHIPPED: dict[str, str] = {
     "sft/qwen2.5-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
     "sft/qwen2.5-0.5b-instruct": "Qwen/Qwen2.5-0.5B-Instruct",
     "sft/deepseek-math-7b-lora": "deepseek-ai/deepseek-math-7b-instruct",
+    "sft/deepseek-math-7b-lora-4bit": "deepseek-ai/deepseek-math-7b-instruct",
     "dpo/qwen2.5-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
     "prm/qwen2.5-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
     "grpo/qwen2.5-0.5b-instruct-gsm8k": "Qwen/Qwen2.5-0.5B-Instruct",
@@ -92,6 +93,7 @@ def measure(name: str, overrides: list[str]) -> dict[str, Any]:
         start = time.perf_counter()
         report = dry_run(config, Path(tmp) / "run")
         report["compile_s"] = time.perf_counter() - start
+    report.setdefault("remat", config.model.remat)  # model.remat: auto reports the policy it measured and chose
     if config.grpo is not None:  # rows of one GRPO update micro-batch x (prompt + completion)
         rows = config.grpo.rows // config.grpo.minibatches // config.optimizer.grad_accum
         report["micro_batch"] = f"{rows} x {config.grpo.max_prompt_len + config.grpo.sampling.max_new_tokens}"
@@ -125,11 +127,11 @@ def run_child(name: str, overrides: list[str], timeout: float, keep_cpu_licm: bo
 
 def print_row(name: str, report: dict[str, Any], budget_gib: float) -> None:
     if "error" in report:
-        print(f"{name:<26} ERROR {report['error']}", flush=True)
+        print(f"{name:<31} ERROR {report['error']}", flush=True)
         return
     peak = report["peak_gib_per_device"]
     verdict = "fits" if peak <= budget_gib else "DOES NOT FIT"
-    print(f"{name:<26} {report['micro_batch']:>10} {report['params_gib_total']:>7.2f} "
+    print(f"{name:<31} {report['micro_batch']:>10} {report['remat']:>13} {report['params_gib_total']:>7.2f} "
           f"{report['optimizer_gib_total']:>7.2f} {report['argument_gib_per_device']:>7.2f} "
           f"{report['temp_gib_per_device']:>7.2f} {peak:>7.2f} {peak / budget_gib:>6.0%}  {verdict:<12} "
           f"{report['compile_s']:>6.0f} {report['host_peak_rss_gib']:>6.1f}", flush=True)
@@ -152,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"per-device memory of one train step, 1-device mesh, vs {args.budget_gib:.0f} GiB "
           "(params/optimizer: whole state; args/temp/peak: per device)")
-    print(f"{'config':<26} {'micro':>10} {'params':>7} {'optim':>7} {'args':>7} {'temp':>7} {'peak':>7} "
+    print(f"{'config':<31} {'micro':>10} {'remat':>13} {'params':>7} {'optim':>7} {'args':>7} {'temp':>7} {'peak':>7} "
           f"{'budget':>6}  {'verdict':<12} {'comp s':>6} {'rss':>6}")
     failed = 0
     for name in args.configs:
-        print(f"{name:<26} compiling ...", flush=True)
+        print(f"{name:<31} compiling ...", flush=True)
         report = run_child(name, args.set, args.timeout, args.keep_cpu_licm)
         print_row(name, report, args.budget_gib)
         failed += "error" in report

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from jaxmath.models.attention import AUTO, IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from jaxmath.models.quantize import check_settings as check_quantize_settings
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 # what a layer keeps for the backward pass (jaxmath.train.remat measures them), least recomputation first
@@ -57,6 +58,10 @@ class ModelConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = LORA_TARGETS
+    # A frozen base kept blockwise-quantised (jaxmath.models.quantize): the projection kernels in "nf4" or
+    # "int8", one scale per `quantize_block_size` input weights; None keeps them in param_dtype.
+    quantize_weights: str | None = None
+    quantize_block_size: int = 64
     # Runtime choices (not part of the checkpoint).
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
@@ -90,6 +95,10 @@ class ModelConfig:
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise UnsupportedConfigError(
                 f"rope_scaling.rope_type={rope_type!r} is not supported; expected one of {SUPPORTED_ROPE_TYPES}")
+        if self.quantize_weights is not None:
+            check_quantize_settings(self.quantize_weights, self.quantize_block_size,
+                                    {"hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+                                     "head_dim": self.head_dim})
 
     @property
     def rope_params(self) -> dict[str, Any]:

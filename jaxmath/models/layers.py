@@ -15,6 +15,7 @@ from flax import nnx
 from jaxmath.models.attention import attend
 from jaxmath.models.cache import CacheView
 from jaxmath.models.config import ModelConfig
+from jaxmath.models.quantize import is_quantized, quantize_kernel, quantize_layers, quantized_einsum
 from jaxmath.models.rope import apply_rope
 from jaxmath.parallel import shard_activation
 
@@ -27,6 +28,17 @@ def make_param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str], init: 
     if num_layers is not None:
         shape, axes = (num_layers, *shape), ("layers", *axes)
     return nnx.Param(init(rngs.params(), tuple(shape), dtype), logical_axes=tuple(axes))
+
+
+def make_kernel(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str], config: ModelConfig,
+                num_layers: int | None) -> nnx.Param:
+    """A projection kernel [out..., in...] (normal(0.02) init), blockwise-quantised when the config says so."""
+    param = make_param(rngs, shape, axes, normal_init(0.02), config.weight_dtype, num_layers)
+    if config.quantize_weights is None:
+        return param
+    quantize = quantize_kernel if num_layers is None else quantize_layers  # stacked: one layer at a time
+    value = quantize(param.get_value(), config.quantize_weights, config.quantize_block_size)
+    return nnx.Param(value, logical_axes=param.logical_axes)
 
 
 def normal_init(stddev: float) -> Initializer:
@@ -56,11 +68,14 @@ def add_lora(module: nnx.Module, name: str, in_shape: Sequence[int], in_axes: Se
 def project(module: nnx.Module, name: str, x: jax.Array, equation: str, rng: jax.Array | None) -> jax.Array:
     """`einsum(equation, x, kernel)` plus the LoRA term when the module has one for `name`.
 
-    The LoRA path reuses the equation's letters: x's dims that the kernel contracts go through A to the
-    rank dim "r", which B maps to the kernel's other (output) dims. Dropout applies to the LoRA input only.
+    A quantised kernel is dequantised here, in x's dtype (`quantized_einsum`). The LoRA path reuses the
+    equation's letters: x's dims that the kernel contracts go through A to the rank dim "r", which B maps
+    to the kernel's other (output) dims. Dropout applies to the LoRA input only.
     """
     config: ModelConfig = module.config
-    out = jnp.einsum(equation, x, getattr(module, name)[...].astype(x.dtype))
+    kernel = getattr(module, name).get_value()
+    out = (quantized_einsum(equation, x, kernel) if is_quantized(kernel)
+           else jnp.einsum(equation, x, kernel.astype(x.dtype)))
     if not config.has_lora(name):
         return out
     a, b = getattr(module, f"{name}_lora_a")[...], getattr(module, f"{name}_lora_b")[...]
@@ -100,13 +115,13 @@ class Attention(nnx.Module):
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, num_layers: int | None = None):
-        c, dt, init = config, config.weight_dtype, normal_init(0.02)
+        c, dt = config, config.weight_dtype
         e, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
         self.config = config
-        self.q_proj = make_param(rngs, (n, h, e), ("heads", "head_dim", "embed"), init, dt, num_layers)
-        self.k_proj = make_param(rngs, (k, h, e), ("kv_heads", "head_dim", "embed"), init, dt, num_layers)
-        self.v_proj = make_param(rngs, (k, h, e), ("kv_heads", "head_dim", "embed"), init, dt, num_layers)
-        self.o_proj = make_param(rngs, (e, n, h), ("embed", "heads", "head_dim"), init, dt, num_layers)
+        self.q_proj = make_kernel(rngs, (n, h, e), ("heads", "head_dim", "embed"), c, num_layers)
+        self.k_proj = make_kernel(rngs, (k, h, e), ("kv_heads", "head_dim", "embed"), c, num_layers)
+        self.v_proj = make_kernel(rngs, (k, h, e), ("kv_heads", "head_dim", "embed"), c, num_layers)
+        self.o_proj = make_kernel(rngs, (e, n, h), ("embed", "heads", "head_dim"), c, num_layers)
         for name, heads, axis in (("q_proj", n, "heads"), ("k_proj", k, "kv_heads"), ("v_proj", k, "kv_heads")):
             add_lora(self, name, (e,), ("embed",), (heads, h), (axis, "head_dim"), c, rngs, num_layers)
         add_lora(self, "o_proj", (n, h), ("heads", "head_dim"), (e,), ("embed",), c, rngs, num_layers)
@@ -167,12 +182,12 @@ class MLP(nnx.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x)); kernels [out, in] like HF's."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, num_layers: int | None = None):
-        c, dt, init = config, config.weight_dtype, normal_init(0.02)
+        c, dt = config, config.weight_dtype
         e, m = c.hidden_size, c.intermediate_size
         self.config = config
-        self.gate_proj = make_param(rngs, (m, e), ("mlp", "embed"), init, dt, num_layers)
-        self.up_proj = make_param(rngs, (m, e), ("mlp", "embed"), init, dt, num_layers)
-        self.down_proj = make_param(rngs, (e, m), ("embed", "mlp"), init, dt, num_layers)
+        self.gate_proj = make_kernel(rngs, (m, e), ("mlp", "embed"), c, num_layers)
+        self.up_proj = make_kernel(rngs, (m, e), ("mlp", "embed"), c, num_layers)
+        self.down_proj = make_kernel(rngs, (e, m), ("embed", "mlp"), c, num_layers)
         add_lora(self, "gate_proj", (e,), ("embed",), (m,), ("mlp",), c, rngs, num_layers)
         add_lora(self, "up_proj", (e,), ("embed",), (m,), ("mlp",), c, rngs, num_layers)
         add_lora(self, "down_proj", (m,), ("mlp",), (e,), ("embed",), c, rngs, num_layers)

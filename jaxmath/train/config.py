@@ -3,12 +3,14 @@ section (dpo / prm; see configs/)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 from typing import Any, ClassVar, Literal
 
 from jaxmath.config import section
 from jaxmath.inference.config import Sampling
 from jaxmath.models.config import REMAT_POLICIES
+from jaxmath.models.quantize import check_settings as check_quantize_settings
 from jaxmath.objectives.grpo import ADVANTAGE_ESTIMATORS, GRPOConfig
 from jaxmath.objectives.dpo import DPOConfig
 from jaxmath.parallel import MeshConfig
@@ -31,6 +33,21 @@ class LoraSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class QuantizeSection:
+    """The frozen base's projection kernels kept blockwise-quantised while LoRA adapters train (QLoRA):
+    `weights` nf4 (4-bit NormalFloat) or int8, one float32 absmax scale per `block_size` consecutive input
+    weights (jaxmath.models.quantize). Norms, embeddings and the LM head stay in model.param_dtype."""
+
+    weights: str = "nf4"
+    block_size: int = 64
+
+    def __post_init__(self) -> None:
+        check_quantize_settings(self.weights, self.block_size, {})
+        if importlib.util.find_spec("qwix") is None:
+            raise ValueError("model.quantize needs the qwix package: pip install 'jaxmath[quant]'")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSection:
     """Where the weights come from: a HF or jaxmath directory (`path`), or a HF-style config dict to
     initialise randomly (`init`, e.g. tiny CPU runs; vocab_size defaults to the tokenizer's size)."""
@@ -45,6 +62,7 @@ class ModelSection:
     lora: LoraSection | None = None
     # a PEFT LoRA adapter directory (or Hub id) loaded onto model.path; its settings replace model.lora
     adapter: str | None = None
+    quantize: QuantizeSection | None = None  # e.g. {weights: nf4, block_size: 64}: a 4-bit frozen base for LoRA
 
     def options(self) -> dict[str, Any]:
         """ModelConfig fields set by this section (runtime choices and LoRA). remat: auto is left out: the trainer
@@ -66,6 +84,15 @@ class ModelSection:
                              "set model.path, and remove model.lora")
         if self.remat not in ("auto", *REMAT_POLICIES):
             raise ValueError(f"model.remat={self.remat!r}; expected auto or one of {REMAT_POLICIES}")
+        if self.quantize is not None and self.lora is None and self.adapter is None:
+            raise ValueError("model.quantize keeps the base frozen in 4 or 8 bits, so only LoRA adapters can train: "
+                             "set model.lora (or model.adapter)")
+
+    def quantize_options(self) -> dict[str, Any]:
+        """ModelConfig fields set by model.quantize (applied after loading: see jaxmath.train.run.load_params)."""
+        if self.quantize is None:
+            return {}
+        return dict(quantize_weights=self.quantize.weights, quantize_block_size=self.quantize.block_size)
 
 
 @dataclasses.dataclass(frozen=True)

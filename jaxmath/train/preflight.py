@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import math
 import re
 import shutil
 import sys
@@ -78,7 +79,8 @@ def tiny_config(config: ModelConfig) -> ModelConfig:
     grouped = config.num_heads != config.num_kv_heads
     return config.replace(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=2,
                           num_heads=2 if grouped else 1, num_kv_heads=1, head_dim=8,
-                          lora_rank=min(config.lora_rank, 2))
+                          lora_rank=min(config.lora_rank, 2),
+                          quantize_block_size=math.gcd(config.quantize_block_size, 8))  # divides the tiny dims
 
 
 def tiny_hf_config(hf_config: dict[str, Any], tiny: ModelConfig) -> dict[str, Any]:

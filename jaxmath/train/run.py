@@ -28,6 +28,7 @@ from jaxmath.evaluation import evaluate_benchmark
 from jaxmath.inference.config import Sampling
 from jaxmath.inference.loading import stop_token_ids
 from jaxmath.models.config import ModelConfig
+from jaxmath.models.quantize import dequantize_params, quantize_params
 from jaxmath.models.transformer import build_model
 from jaxmath.objectives import metric_means
 from jaxmath.parallel import process_max, sync_processes
@@ -73,19 +74,20 @@ class Run:
 def load_params(config: TrainConfig, mconfig: ModelConfig, mesh: jax.sharding.Mesh,
                 shardings: dict[str, Any], path: str | None = None) -> dict[str, Any]:
     """Pretrained weights placed on the mesh (from `path`, default model.path; a causal LM's decoder under a
-    fresh head when `mconfig` is a classifier), or a random init created directly in its shards."""
+    fresh head when `mconfig` is a classifier), or a random init created directly in its shards. With
+    model.quantize the loaded base's projection kernels are then quantised, one at a time."""
     adapter = config.model.adapter if path is None else None  # the policy's own weights: base + adapter
     path = path or config.model.path
     if path is not None:
-        model = from_pretrained(resolve_model_dir(path), mesh=mesh, num_labels=mconfig.num_labels or None,
-                                adapter=None if adapter is None else resolve_model_dir(adapter),
-                                **config.model.options())
-        params = nnx.to_pure_dict(nnx.state(model))
-        got, want = jax.tree.map(np.shape, params), jax.tree.map(lambda s: s.shape, _abstract_params(mconfig))
+        params = nnx.to_pure_dict(nnx.state(from_pretrained(
+            resolve_model_dir(path), mesh=mesh, num_labels=mconfig.num_labels or None,
+            adapter=None if adapter is None else resolve_model_dir(adapter), **config.model.options())))
+        got = jax.tree.map(np.shape, params)
+        want = jax.tree.map(lambda s: s.shape, _abstract_params(mconfig.replace(quantize_weights=None)))
         if got != want:
             raise ValueError(f"{path}: its parameters do not have the shapes of the model trained "
                              f"({mconfig.model_type}, {mconfig.num_layers} layers, hidden {mconfig.hidden_size})")
-        return params
+        return quantize_params(params, _abstract_params(mconfig), shardings)
     init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build_model(mconfig, config.model.seed))),
                    out_shardings=shardings)
     return init()
@@ -172,11 +174,14 @@ def export_final(run: Run, params: Any) -> None:
     host = jax.tree.map(to_host, params)
     if jax.process_index() == 0:
         side = sorted((run.out / "tokenizer").glob("*"))
-        save_jaxmath(run.out / "final_model", host, run.model_config, run.hf_config, side, overwrite=True)
+        # a quantised base is written dequantised (the kernels the run trained against), adapters alongside
+        host = dequantize_params(host, run.model_config.weight_dtype)
+        mconfig = run.model_config.replace(quantize_weights=None)
+        save_jaxmath(run.out / "final_model", host, mconfig, run.hf_config, side, overwrite=True)
         export_to_hf(run.out / "final_model", run.out / "hf", overwrite=True)
-        if run.model_config.lora_rank:
+        if mconfig.lora_rank:
             base = run.config.model.path
-            peft_io.save_adapter(run.out / "hf_adapter", host, run.model_config, overwrite=True,
+            peft_io.save_adapter(run.out / "hf_adapter", host, mconfig, overwrite=True,
                                  base_model=None if base is None or is_jaxmath_dir(base) else base)
     sync_processes("jaxmath export_final")
 

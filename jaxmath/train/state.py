@@ -61,7 +61,9 @@ def param_shardings(model: nnx.Module, mesh: Mesh) -> dict[str, Any]:
         node = shardings
         for key in path[:-1]:
             node = node.setdefault(str(key), {})
-        node[str(path[-1])] = named_sharding(mesh, variable.logical_axes, variable.get_value().shape)
+        # a quantised kernel's codes and scales each get the kernel's axes (jaxmath.models.quantize)
+        node[str(path[-1])] = jax.tree.map(lambda leaf: named_sharding(mesh, variable.logical_axes, leaf.shape),
+                                           variable.get_value())
     return shardings
 
 

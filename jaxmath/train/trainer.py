@@ -72,7 +72,7 @@ def _hf_config_dict(config: TrainConfig, tokenizer: Any | None) -> dict[str, Any
 def model_config(config: TrainConfig, hf_config: Mapping[str, Any]) -> ModelConfig:
     """The model trained: the checkpoint's (or model.init's) architecture with the objective's head."""
     m = config.model
-    runtime = m.options()
+    runtime = {**m.options(), **m.quantize_options()}
     if m.adapter is not None:
         runtime.update(peft_io.lora_options(resolve_model_dir(m.adapter)))
     path = resolve_model_dir(m.path, config_only=True) if m.path is not None else None
