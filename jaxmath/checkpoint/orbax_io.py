@@ -116,10 +116,13 @@ class _HostArrayHandler(type_handlers.NumpyHandler):
                 sources += 1
                 if previous_source is not None:
                     await previous_source
-                previous_source = write = store.write(array, can_reference_source_data_indefinitely=True)
+                # Not kept in `writes`: a finished write's future may still hold its array alive.
+                previous_source = store.write(array, can_reference_source_data_indefinitely=True)
+                del array
             else:
-                write = store.write(np.asarray(value), can_reference_source_data_indefinitely=True)
-            writes.append(write)
+                writes.append(store.write(np.asarray(value), can_reference_source_data_indefinitely=True))
+        if previous_source is not None:
+            await previous_source
         for write in writes:
             await write
 
