@@ -22,7 +22,6 @@ FIT_FRACTION = 0.9  # of the device memory: room for what the compiled step does
 GIB = 2**30
 
 
-
 def device_memory_bytes(device: jax.Device | None = None) -> int:
     """Memory one device may use: the allocator's limit on GPUs and TPUs, on CPU the host's RAM shared by
     its local devices."""
