@@ -1,0 +1,26 @@
+"""What a person sees while work runs: tqdm bars with counts and rates, and `logging` set up once per command.
+
+Every long loop (data build, evaluation, synthesis, PRM labelling, conversion, training) takes its bar from
+`progress_bar`, so `--quiet` means the same everywhere: no bars, warnings and errors only.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def progress_bar(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
+                 unit: str = "it", quiet: bool = False, initial: int = 0) -> tqdm:
+    """A tqdm bar on stderr (counts, rate, time left when `total` is known); a silent one when `quiet`."""
+    return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=quiet, dynamic_ncols=True)
+
+
+def configure_logging(quiet: bool = False) -> None:
+    """Send log records to stderr: INFO and up, or WARNING and up when `quiet`; libraries' chatter muted."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format=LOG_FORMAT, force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every array it writes at INFO
