@@ -38,3 +38,4 @@ def configure_logging(quiet: bool = False) -> None:
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=[handler], force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every array it writes at INFO
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
