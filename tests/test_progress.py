@@ -20,8 +20,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "jaxmath"
 PRINTING_MODULES = {"cli.py", "demo.py", "pipeline.py", "commands/__init__.py", "commands/convert.py",
                     "commands/data.py", "commands/evaluate.py", "commands/generate.py", "commands/push.py",
                     "commands/synthesis.py", "commands/train.py"}
-# prints the decoder rewrite (issue #15, jaxmath/inference) replaces by a progress_bar
-PENDING = {"inference/completions.py"}
 
 
 def _calls(tree: ast.AST, name: str) -> list[int]:
@@ -34,7 +32,7 @@ def test_library_modules_neither_print_nor_draw_their_own_tqdm():
     for path in sorted(PACKAGE.rglob("*.py")):
         module = path.relative_to(PACKAGE).as_posix()
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        if module not in PRINTING_MODULES | PENDING:
+        if module not in PRINTING_MODULES:
             prints += [f"jaxmath/{module}:{line}" for line in _calls(tree, "print")]
         imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
         imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
@@ -42,7 +40,7 @@ def test_library_modules_neither_print_nor_draw_their_own_tqdm():
             tqdms.append(f"jaxmath/{module}")
     assert not prints, f"print() in library code (use logging.getLogger(__name__)): {prints}"
     assert not tqdms, f"tqdm used directly (use jaxmath.progress.progress_bar): {tqdms}"
-    assert all((PACKAGE / module).exists() for module in PRINTING_MODULES | PENDING)  # the lists stay current
+    assert all((PACKAGE / module).exists() for module in PRINTING_MODULES)  # the lists stay current
 
 
 def _bar(err: str, desc: str) -> str:

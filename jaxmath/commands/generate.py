@@ -48,7 +48,7 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int
         start = time.perf_counter()
         with jax.set_mesh(mesh):
             results = sample_completions(model, tokenizer, prompts, args.num_samples, sampling, eos_ids,
-                                         batch_size=len(prompts) * args.num_samples)
+                                         batch_size=len(prompts) * args.num_samples, quiet=args.quiet)
     except (CheckpointError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

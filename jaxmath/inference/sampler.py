@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 NO_CHAR = -1  # fills stop-string windows where there is no text yet; never equals a character
 SUFFIX_BUCKET = 128  # the first size of the generated-token cache; it doubles as rows grow past it
+LENGTH_BUCKET = 64  # prompts are padded to a multiple of this, so a run compiles once per bucket
 
 
 @jax.tree_util.register_dataclass
@@ -466,14 +467,18 @@ class Completion:
     sampling_logprobs: np.ndarray
 
 
-def _padded(prompts: Sequence[Sequence[int]], count: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """[count, width] right-padded ids (missing rows repeat the first) and each row's length."""
-    ids = np.zeros((count, width), np.int32)
-    lengths = np.zeros((count,), np.int32)
-    for i in range(count):
-        row = prompts[i] if i < len(prompts) else prompts[0]
-        ids[i, :len(row)], lengths[i] = row, len(row)
-    return ids, lengths
+def pad_batch(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int, *, left: bool,
+              bucket: int = LENGTH_BUCKET, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """[batch_size, width] ids and mask (width: the longest row rounded up to `bucket`, unless given), rows
+    padded on the left or the right; missing rows repeat the first (their output is dropped)."""
+    width = width or -(-max(len(r) for r in rows) // bucket) * bucket
+    ids = np.full((batch_size, width), pad_id, np.int32)
+    mask = np.zeros((batch_size, width), np.int32)
+    for i in range(batch_size):
+        row = rows[i] if i < len(rows) else rows[0]
+        place = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, place], mask[i, place] = row, 1
+    return ids, mask
 
 
 def generate_continuous(model: CausalLM | DecodeWeights, prompts: Sequence[Sequence[int]], *, slots: int = 32,
@@ -481,7 +486,7 @@ def generate_continuous(model: CausalLM | DecodeWeights, prompts: Sequence[Seque
                         top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
                         eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0, seed: int = 0,
                         cache_dtype: str | None = None, stop_strings: Sequence[str] | None = None,
-                        tokenizer: PreTrainedTokenizerBase | None = None, prompt_bucket: int = 64,
+                        tokenizer: PreTrainedTokenizerBase | None = None,
                         on_finish: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
     """`num_samples` completions of each prompt (token-id lists), with `slots` prompts decoding at a time:
     when all samples of a prompt stop, the next prompt takes its slot (continuous batching), so one long
@@ -498,7 +503,7 @@ def generate_continuous(model: CausalLM | DecodeWeights, prompts: Sequence[Seque
     weights = decode_weights(model, cache_dtype)
     static, knobs, tables = _settings(weights.config, max_new_tokens, temperature, top_p, top_k, min_p,
                                       eos_token_id, pad_token_id, stop_strings, tokenizer)
-    width = -(-max(len(p) for p in prompts) // prompt_bucket) * prompt_bucket
+    width = -(-max(len(p) for p in prompts) // LENGTH_BUCKET) * LENGTH_BUCKET  # one prefix size for the run
     slots = min(slots, len(prompts))
     buckets = suffix_buckets(static.max_new_tokens)
     queue = list(range(len(prompts)))
@@ -506,9 +511,9 @@ def generate_continuous(model: CausalLM | DecodeWeights, prompts: Sequence[Seque
     results: list[list[Completion]] = [[] for _ in prompts]
 
     def start(requests: list[int], count: int, size: int) -> _Rows:
-        ids, lengths = _padded([prompts[i] for i in requests], count, width)
-        ids_keys = jnp.asarray(requests + [requests[0]] * (count - len(requests)), jnp.int32)
-        return _start_jit(weights, jnp.asarray(ids), jnp.asarray(lengths), row_keys(seed, ids_keys, num_samples),
+        ids, mask = pad_batch([prompts[i] for i in requests], count, pad_token_id, left=False, width=width)
+        numbers = jnp.asarray(requests + [requests[0]] * (count - len(requests)), jnp.int32)
+        return _start_jit(weights, jnp.asarray(ids), jnp.asarray(mask.sum(axis=1)), row_keys(seed, numbers, num_samples),
                           knobs, tables, group_size=num_samples, slots=size, static=static)
 
     first, queue = queue[:slots], queue[slots:]

@@ -2,7 +2,7 @@
 
 Traces are tokenised by `jaxmath.data.encode.encode_prm_trace`, the function PRM training data goes
 through, so a step's score is read at exactly the token its training label sits on. Traces are scored
-in padded batches (longest first, `jaxmath.inference.completions.pad_batch`: a run compiles once per length
+in padded batches (longest first, `jaxmath.inference.sampler.pad_batch`: a run compiles once per length
 bucket).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from jaxmath.checkpoint import from_pretrained
 from jaxmath.data.encode import encode_prm_trace
 from jaxmath.data.formats import PromptFormat, get_format
 from jaxmath.data.tokenizer import load_tokenizer
-from jaxmath.inference.completions import pad_batch
+from jaxmath.inference.sampler import pad_batch
 from jaxmath.inference.loading import default_dtype, model_files_dir
 from jaxmath.models import TokenClassifier
 from jaxmath.objectives.prm import GOOD_LABEL, aggregate_step_scores
