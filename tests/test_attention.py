@@ -116,13 +116,12 @@ RULES = [  # (hardware, dtype, head_dim, lengths, cached, expected)
     (H100, jnp.bfloat16, 256, (2048, 2048), False, "cudnn"),
     (A100, jnp.bfloat16, 120, (2047, 2047), False, "chunked"),  # odd lengths cannot train with a mask
     (A100, jnp.bfloat16, 128, (129, 640), True, "cudnn"),  # prefill into the cache
-    (A100, jnp.bfloat16, 128, (1, 640), True, "xla"),  # a single-token decode step
     (ROCM, jnp.bfloat16, 128, (2048, 2048), False, "chunked"),
     (TPU, jnp.bfloat16, 128, (2048, 2048), False, "splash"),
     (TPU, jnp.bfloat16, 128, (2000, 2000), False, "chunked"),
     (TPU, jnp.bfloat16, 128, (128, 640), True, "chunked"),
     (CPU, jnp.float32, 64, (4096, 4096), False, "chunked"),
-    (CPU, jnp.bfloat16, 64, (1, 100), True, "xla"),
+    (CPU, jnp.bfloat16, 64, (1, 100), True, "chunked"),
 ]
 
 
@@ -151,7 +150,7 @@ def test_an_explicit_choice_that_cannot_run_says_why_and_what_to_pick(requested,
 
 def test_describe_names_each_pass():
     line = describe("auto", dtype=jnp.bfloat16, head_dim=128, hw=A100)
-    assert "cudnn for training" in line and "xla for decode" in line and "gpu" in line
+    assert "cudnn for training" in line and "two-part cache attention for decode" in line and "gpu" in line
 
 
 def _attention_grad_temp_bytes(impl: str, length: int) -> int:

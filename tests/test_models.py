@@ -149,27 +149,6 @@ def test_num_params_matches_the_built_model():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
-def test_kv_cache_prefill_then_decode_equals_full_forward(model_type):
-    from jaxmath.models import KVCache
-    config = ModelConfig.from_hf(tiny_config(model_type, head_dim=16).to_dict())
-    model = build_model(config, seed=2)
-    ids, mask = left_padded_batch(batch=3, length=14, seed=5)
-    prompt_len = 9
-    ref = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
-    positions = np.clip(mask.cumsum(1) - 1, 0, None)
-    cache = KVCache.init(config, batch=3, slots=16)
-    logits, cache = model.extend(jnp.asarray(ids[:, :prompt_len]), jnp.asarray(positions[:, :prompt_len]),
-                                 jnp.asarray(mask[:, :prompt_len]), cache, 0)
-    real = mask[:, :prompt_len].astype(bool)
-    assert np.abs(np.asarray(logits) - ref[:, :prompt_len])[real].max() < 1e-5
-    for t in range(prompt_len, ids.shape[1]):  # one token at a time, as a decoder does
-        logits, cache = model.extend(jnp.asarray(ids[:, t:t + 1]), jnp.asarray(positions[:, t:t + 1]),
-                                     jnp.asarray(mask[:, t:t + 1]), cache, t)
-        np.testing.assert_allclose(np.asarray(logits)[:, 0], ref[:, t], atol=1e-5)
-
-
-@pytest.mark.slow
 def test_lora_adapters_start_at_the_base_model_and_merge_exactly(tmp_path):
     from flax import nnx, traverse_util
     from jaxmath.models.lora import is_lora_path, merge_lora

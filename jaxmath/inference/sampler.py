@@ -299,26 +299,25 @@ def _decode(weights: DecodeWeights, rows: _Rows, knobs: _Knobs, tables: StopTabl
 _start_jit = jax.jit(_start, static_argnames=("group_size", "slots", "static"))
 _decode_jit = jax.jit(_decode, static_argnames=("static",), donate_argnames=("rows",))
 _grow_jit = jax.jit(lambda rows, slots: rows._replace(cache=grow_suffix(rows.cache, slots)),
-                    static_argnames=("slots",), donate_argnums=(0,))
+                    static_argnames=("slots",))  # new shapes: nothing to donate
 
 
-def suffix_buckets(max_new_tokens: int, first: int = SUFFIX_BUCKET) -> list[int]:
+def suffix_buckets(max_new_tokens: int, first: int | None = None) -> list[int]:
     """The suffix-cache sizes a run moves through: doubling from `first`, the last just fits max_new_tokens - 1
     fed tokens (the last chosen token is never fed). A step reads at most twice the filled slots."""
     need = max(max_new_tokens - 1, 1)
-    sizes = [min(first, need)]
+    sizes = [min(first or SUFFIX_BUCKET, need)]
     while sizes[-1] < need:
         sizes.append(min(2 * sizes[-1], need))
     return sizes
 
 
-def row_keys(seed: int, requests: jax.Array, group_size: int) -> jax.Array:
-    """The random stream of sample g of request i: fold_in(fold_in(key(seed), i), g). A row draws the same
-    tokens whichever batch or slot it runs in."""
-    base = jax.random.key(seed)
-    per_request = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base, requests)
-    samples = jnp.arange(group_size)
-    return jax.vmap(lambda k: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, samples))(per_request).reshape(-1)
+def row_keys(seed: int, requests: jax.Array, samples: jax.Array) -> jax.Array:
+    """The random streams of rows [n * G]: row (i, g) gets fold_in(fold_in(key(seed), requests[i]),
+    samples[i, g]). A sample draws the same tokens whichever batch or slot it runs in."""
+    per_request = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), requests)
+    return jax.vmap(lambda k, s: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, s))(per_request,
+                                                                                       samples).reshape(-1)
 
 
 def _right_align_prompts(ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -405,7 +404,8 @@ def generate(model: CausalLM | DecodeWeights, input_ids: jax.Array | np.ndarray,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0, seed: int = 0,
              cache_dtype: str | None = None, stop_strings: Sequence[str] | None = None,
-             tokenizer: PreTrainedTokenizerBase | None = None, num_samples: int = 1) -> GenerationOutput:
+             tokenizer: PreTrainedTokenizerBase | None = None, num_samples: int = 1,
+             prompt_repeats: int = 1) -> GenerationOutput:
     """Continue a batch of prompts, `num_samples` completions each (rows i * num_samples + g); greedy when
     temperature is 0.
 
@@ -413,19 +413,23 @@ def generate(model: CausalLM | DecodeWeights, input_ids: jax.Array | np.ndarray,
     either side (`attention_mask` 0). A row stops after an `eos_token_id` token or once its text contains one
     of `stop_strings` (which needs `tokenizer`); later slots hold `pad_token_id`. Sampling applies
     temperature, then top-k, top-p and min-p (transformers' order); sample g of prompt i draws from its own
-    stream of `seed`. `model` is a CausalLM or its `prepare_weights` copy (make that once when calling many
+    stream of `seed`; when each prompt comes as `prompt_repeats` consecutive copies (a global batch split over
+    processes), copy c of prompt i draws the stream of its sample c * num_samples + g, as if unrepeated. `model`
+    is a CausalLM or its `prepare_weights` copy (make that once when calling many
     times with the same weights); `cache_dtype` (e.g. "bfloat16") sets the compute and cache dtype of a
     model (default: its compute dtype). Under `jax.set_mesh(mesh)` weights and cache are sharded like the
     model's activations.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_samples < 1 or prompt_repeats < 1:
+        raise ValueError(f"num_samples and prompt_repeats must be >= 1, got {num_samples} and {prompt_repeats}")
     weights = decode_weights(model, cache_dtype)
     static, knobs, tables = _settings(weights.config, max_new_tokens, temperature, top_p, top_k, min_p,
                                       eos_token_id, pad_token_id, stop_strings, tokenizer)
     ids, mask = _check_prompts(input_ids, attention_mask)
     left, right, lengths = _right_align_prompts(ids, mask)
-    keys = row_keys(seed, jnp.arange(ids.shape[0]), num_samples)
+    index = jnp.arange(ids.shape[0])
+    samples = (index % prompt_repeats)[:, None] * num_samples + jnp.arange(num_samples)
+    keys = row_keys(seed, index // prompt_repeats, samples)
     buckets = suffix_buckets(static.max_new_tokens)
     rows = _start_jit(weights, right, lengths, keys, knobs, tables, group_size=num_samples, slots=buckets[0],
                       static=static)
@@ -513,7 +517,8 @@ def generate_continuous(model: CausalLM | DecodeWeights, prompts: Sequence[Seque
     def start(requests: list[int], count: int, size: int) -> _Rows:
         ids, mask = pad_batch([prompts[i] for i in requests], count, pad_token_id, left=False, width=width)
         numbers = jnp.asarray(requests + [requests[0]] * (count - len(requests)), jnp.int32)
-        return _start_jit(weights, jnp.asarray(ids), jnp.asarray(mask.sum(axis=1)), row_keys(seed, numbers, num_samples),
+        samples = jnp.broadcast_to(jnp.arange(num_samples), (count, num_samples))
+        return _start_jit(weights, jnp.asarray(ids), jnp.asarray(mask.sum(axis=1)), row_keys(seed, numbers, samples),
                           knobs, tables, group_size=num_samples, slots=size, static=static)
 
     first, queue = queue[:slots], queue[slots:]

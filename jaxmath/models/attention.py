@@ -13,7 +13,8 @@ way). So the model resolves `attention_impl` itself:
   (`jax.checkpoint`), so no [T, S] score matrix of a whole sequence is ever held; pure JAX, any backend;
 - "xla": XLA's plain attention, the numerical reference;
 - "auto" (default; None means the same): cudnn where it applies, else splash on TPU where it applies,
-  else chunked. A single-token decode step (the scores are [batch, heads, 1, slots]) uses xla under auto.
+  else chunked. Decode steps do not come here: the sampler attends over its two-part cache itself
+  (jaxmath.inference.forward); prefill does.
 
 Masks are "same segment, and the key's index is not after the query's": segment 0 is padding; the index
 is the token's place in the row for full-sequence passes and its position for the KV cache.
@@ -108,8 +109,6 @@ def resolve(requested: str | None, *, dtype: Any, head_dim: int, hw: Hardware, q
                                             f"auto or chunked")
         if not problem:
             return "splash"
-    if cached and q_len == 1:
-        return "xla"
     if _cudnn_problem(dtype, head_dim, q_len, kv_len, training and not cached, hw) is None:
         return "cudnn"
     if _splash_problem(q_len, kv_len, cached, hw) is None:
@@ -232,6 +231,6 @@ def describe(requested: str | None, *, dtype: Any, head_dim: int, hw: Hardware |
     full = resolve(requested, dtype=dtype, head_dim=head_dim, hw=hw)
     prefill = resolve(requested, dtype=dtype, head_dim=head_dim, hw=hw, cached=True, training=False)
     return (f"attention_impl={requested or AUTO}: {full} for training and evaluation passes, {prefill} for "
-            f"prefill, {resolve(requested, dtype=dtype, head_dim=head_dim, hw=hw, q_len=1, kv_len=2, cached=True)} "
-            f"for decode steps ({hw.platform}, {jnp.dtype(dtype).name}, head_dim {head_dim})")
+            f"prefill, the sampler's two-part cache attention for decode steps ({hw.platform}, "
+            f"{jnp.dtype(dtype).name}, head_dim {head_dim})")
 

@@ -13,7 +13,6 @@ import numpy as np
 from flax import nnx
 
 from jaxmath.models.attention import attend
-from jaxmath.models.cache import CacheView
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.quantize import is_quantized, quantize_kernel, quantize_layers, quantized_einsum
 from jaxmath.models.rope import apply_rope
@@ -167,16 +166,6 @@ class Attention(nnx.Module):
                           requested=self.config.attention_impl, cached=False)
         return self.project_out(attended, rng)
 
-    def cached(self, x: jax.Array, cos: jax.Array, sin: jax.Array, view: CacheView) -> tuple[jax.Array, CacheView]:
-        """Attend from new tokens to everything in the KV cache after writing their keys and values into it."""
-        q, k, v = self.project_qkv(x, cos, sin)
-        view = view.write(k, v)
-        keys, values = view.layer_kv(q.dtype)
-        attended = attend(q, keys, values, q_segments=view.q_segments, kv_segments=view.kv_segments,
-                          q_index=view.q_positions, kv_index=view.kv_positions,
-                          requested=self.config.attention_impl, cached=True)
-        return self.project_out(attended), view
-
 
 class MLP(nnx.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x)); kernels [out, in] like HF's."""
@@ -222,9 +211,3 @@ class DecoderBlock(nnx.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, rng)
         x = x + self.mlp(self.post_attention_layernorm(x), None if rng is None else jax.random.fold_in(rng, 1))
         return shard_activation(x, ("batch", "length", "act_embed"))
-
-    def cached(self, x: jax.Array, cos: jax.Array, sin: jax.Array, view: CacheView) -> tuple[jax.Array, CacheView]:
-        attended, view = self.self_attn.cached(self.input_layernorm(x), cos, sin, view)
-        x = x + attended
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return shard_activation(x, ("batch", "length", "act_embed")), view

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, traverse_util
 
-from jaxmath.models.cache import CacheView, KVCache
 from jaxmath.models.config import REMAT_POLICIES, ModelConfig
 from jaxmath.models.layers import DecoderBlock, RMSNorm, make_param, normal_init, zeros_init
 from jaxmath.models.rope import rope_tables
@@ -85,31 +84,6 @@ class Decoder(nnx.Module):
         x, _ = jax.lax.scan(body, x, (stacked, jnp.arange(self.config.num_layers, dtype=jnp.int32)))
         return self.norm(x)
 
-    def extend(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache,
-               index: jax.Array | int) -> tuple[jax.Array, KVCache]:
-        """Run new tokens written at cache slot `index` onward (prefill or decode): hidden states and new cache.
-
-        Rows are aligned: every row writes its new tokens at the same slots (left-pad prompts to align them);
-        padding tokens carry segment 0 and are never attended to by real tokens.
-        """
-        index = jnp.asarray(index, jnp.int32)
-        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.config.compute_dtype)
-        cos, sin = rope_tables(self.config, positions)
-        kv_positions = jax.lax.dynamic_update_slice(cache.positions, positions.astype(jnp.int32), (0, index))
-        kv_segments = jax.lax.dynamic_update_slice(cache.segments, segment_ids.astype(jnp.int32), (0, index))
-        graphdef, stacked = nnx.split(self.layers)
-
-        def body(carry: tuple[jax.Array, jax.Array, jax.Array], xs: tuple[nnx.State, jax.Array]):
-            h, keys, values = carry
-            layer_state, layer = xs
-            view = CacheView(keys, values, kv_positions, kv_segments, positions, segment_ids, layer, index)
-            h, view = nnx.merge(graphdef, layer_state).cached(h, cos, sin, view)
-            return (h, view.keys, view.values), None
-
-        layers = jnp.arange(self.config.num_layers, dtype=jnp.int32)
-        (x, keys, values), _ = jax.lax.scan(body, (x, cache.keys, cache.values), (stacked, layers))
-        return self.norm(x), KVCache(keys, values, kv_positions, kv_segments)
-
 
 class CausalLM(nnx.Module):
     """Decoder + language-model head (tied to the embedding when the checkpoint ties them)."""
@@ -137,12 +111,6 @@ class CausalLM(nnx.Module):
                  dropout_rng: jax.Array | None = None) -> jax.Array:
         """Logits [batch, length, vocab]."""
         return self.logits_from_hidden(self.model(input_ids, attention_mask, positions, segment_ids, dropout_rng))
-
-    def extend(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache,
-               index: jax.Array | int) -> tuple[jax.Array, KVCache]:
-        """Logits for new tokens written into the KV cache at slot `index` onward, and the updated cache."""
-        hidden, cache = self.model.extend(input_ids, positions, segment_ids, cache, index)
-        return self.logits_from_hidden(hidden), cache
 
 
 class TokenClassifier(nnx.Module):

@@ -123,13 +123,14 @@ def sample(rl: RLRun, weights: DecodeWeights, prompts: dict[str, Any], seed: int
     group = rl.grpo.group_size if jax.process_count() == 1 else 1
     if group > 1:
         tokens = {k: prompts[k][::group] for k in ("input_ids", "attention_mask")}
-    else:
+    else:  # each process's rows are its share of the global batch; the streams are those of one process
         tokens = to_global(prompts, {k: rl.run.batch_sharding[k] for k in ("input_ids", "attention_mask")})
     with jax.set_mesh(rl.run.mesh):
         out = generate(weights, tokens["input_ids"], tokens["attention_mask"],
                        max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                        min_p=s.min_p, eos_token_id=rl.eos_ids, pad_token_id=pad, seed=seed,
-                       stop_strings=s.stop_strings or None, tokenizer=tokenizer, num_samples=group)
+                       stop_strings=s.stop_strings or None, tokenizer=tokenizer, num_samples=group,
+                       prompt_repeats=rl.grpo.group_size // group)
     local = GenerationOutput(*(_local(x) for x in (out.sequences, out.logprobs, out.sampling_logprobs,
                                                    out.lengths)))
     tokens, lengths = local.sequences[:, -s.max_new_tokens:], local.lengths
