@@ -372,8 +372,8 @@ def dry_run_config(stage: Stage, stages: dict[str, Stage], out: Path, names: lis
     root = stage
     while root.init_from is not None:
         root = stages[root.init_from]
-    own = stage_train_config(dataclasses.replace(stage, init_from=None), out, names)
-    model = stage_train_config(dataclasses.replace(root, init_from=None), out, names).model
+    own = stage_train_config(stage, out, names)
+    model = stage_train_config(root, out, names).model
     init = dict(model.init) if model.init is not None else None
     if init is not None and "vocab_size" not in init:
         init["vocab_size"] = own.data.tokenizer_vocab_size
@@ -396,22 +396,24 @@ def dry_run_pipeline(config: PipelineConfig, output_dir: str | Path | None = Non
             if stage.config is None:
                 continue
             run_config = dry_run_config(stage, stages, out, names)
-            reports[stage.name] = {"objective": run_config.objective,
+            reports[stage.name] = {"objective": run_config.objective, "remat": run_config.model.remat,
                                    **dry_run(run_config, Path(scratch) / stage.name)}
     return reports
 
 
 def format_dry_run(reports: dict[str, dict[str, Any]], budget_gib: float | None = None) -> str:
-    """One line per training stage: objective, compiled step peak memory per device, and its parts."""
-    lines = [f"{'stage':<14} {'objective':<9} {'peak GiB/device':>15} {'arguments':>9} {'temp':>8} "
-             f"{'params (all)':>12}" + ("  fits" if budget_gib else "")]
+    """One line per training stage: objective, remat policy, compiled step peak memory per device and its parts,
+    and whether it fits `budget_gib`."""
+    lines = [f"{'stage':<14} {'objective':<9} {'remat':<14} {'peak GiB/device':>15} {'arguments':>9} {'temp':>8} "
+             f"{'params GiB (all)':>16}" + (f"  fits {budget_gib:.1f} GiB" if budget_gib else "")]
     for name, r in reports.items():
         fits = ""
         if budget_gib:
             fits = "  yes" if r.get("peak_gib_per_device", 0.0) <= budget_gib else "  NO"
-        lines.append(f"{name:<14} {r['objective']:<9} {r.get('peak_gib_per_device', float('nan')):>15.3f} "
+        lines.append(f"{name:<14} {r['objective']:<9} {str(r.get('remat', '-')):<14} "
+                     f"{r.get('peak_gib_per_device', float('nan')):>15.3f} "
                      f"{r.get('argument_gib_per_device', float('nan')):>9.3f} "
-                     f"{r.get('temp_gib_per_device', float('nan')):>8.3f} {r['params_gib_total']:>12.3f}{fits}")
+                     f"{r.get('temp_gib_per_device', float('nan')):>8.3f} {r['params_gib_total']:>16.3f}{fits}")
     return "\n".join(lines)
 
 
