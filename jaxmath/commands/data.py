@@ -1,6 +1,7 @@
 """`jaxmath data`: build a training JSONL from named sources, files and generators (build); synthesize verified
 solutions and revision data with a teacher (synthesize, revise); build DPO preference pairs from sampled, graded
-completions (pairs); keep generated solutions that are correct and that a PRM rates highly (prm-filter).
+completions (pairs); keep generated solutions that are correct and that a PRM rates highly (prm-filter); label
+PRM training steps by a policy's Monte-Carlo rollouts (prm-label).
 
     jaxmath data build --output data/train.jsonl --data-dir ../shared/data \\
         --hf-datasets gsm8k --hf-samples 2000 --include-synthetic --synthetic-samples 2000
@@ -9,6 +10,8 @@ completions (pairs); keep generated solutions that are correct and that a PRM ra
         --input data/train.jsonl --output data/pot.jsonl --samples 4
     jaxmath data revise --teacher ckpt/ --input data/train.jsonl --rounds 2 --output-dir data/revise
     jaxmath data prm-filter --in results/samples.jsonl --prm runs/prm/final_model --out kept.jsonl
+    jaxmath data prm-label --policy runs/grpo/final_model --input data/train.jsonl --verified data/pot.jsonl \
+        --format pot --samples 4 --rollouts 8 --output data/prm/traces.jsonl
     jaxmath data pairs --input results/samples.jsonl --data-dir ../shared/data --output data/dpo/pairs.jsonl
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from jaxmath.data.formats import FORMATS
 from jaxmath.data.readers import BadRowError, FieldMap
 from jaxmath.data.sources import SOURCES, SourceError, describe_sources
 from jaxmath.commands.options import DTYPE_CHOICES, PRM_AGGREGATIONS, add_quiet_argument
+from jaxmath.commands.prm_label import add_prm_label_parser, prm_label_main
 from jaxmath.commands.synthesis import add_revise_parser, add_synthesize_parser
 from jaxmath.commands.synthesis import run as run_synthesis
 from jaxmath.progress import configure_logging
@@ -36,8 +40,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         "Build a training JSONL from named sources, files and generators (build); synthesize verified "
         "program-of-thought solutions with a teacher (synthesize); build revision data (revise); build DPO pairs "
         "from graded samples (pairs); keep the generated solutions that are correct and that a process reward "
-        "model rates highly (prm-filter)."))
-    commands = parser.add_subparsers(dest="command", metavar="{build,synthesize,revise,pairs,prm-filter}")
+        "model rates highly (prm-filter); label PRM training steps by a policy's Monte-Carlo rollouts (prm-label)."))
+    commands = parser.add_subparsers(dest="command",
+                                     metavar="{build,synthesize,revise,pairs,prm-filter,prm-label}")
     b = commands.add_parser("build", help="build a training JSONL", description=(
         "Collect records from named sources (the Hub by default, --data-dir for local copies), local files and "
         "synthetic generators; drop bad rows, exact duplicates and questions that overlap evaluation sets (every "
@@ -117,6 +122,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                    help="grading processes for rows without a verdict (default: CPU cores)")
     add_quiet_argument(f)
     _pairs_parser(commands)
+    add_prm_label_parser(commands)
     return parser
 
 
@@ -251,6 +257,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return run_synthesis(args)
     if args.command == "prm-filter":
         return prm_filter_main(args)
+    if args.command == "prm-label":
+        return prm_label_main(args)
     if args.command == "pairs":
         try:
             _pairs(args)

@@ -15,6 +15,7 @@ import re
 from typing import Any, Sequence
 
 from jaxmath.prm.steps import step_texts
+from jaxmath.verify.answers import PROGRAM_STYLE, extract_answers, grade_answers
 from jaxmath.verify.pool import Verifier
 from jaxmath.verify.rewards import equation_holds, evaluate_arithmetic
 
@@ -66,13 +67,17 @@ def verified_trace(question: str, solution: str, correct: bool) -> dict[str, Any
 
 def label_solutions(questions: Sequence[str], solutions: Sequence[str], golds: Sequence[str], verifier: Verifier,
                     style: str = "auto") -> list[dict[str, Any] | None]:
-    """Grade each solution against its gold answer (verifier workers, `style` extraction) and label its
-    steps by the rule above; rows carry `answer` (the gold). None where a solution has no steps or its
-    verdict could not be reached (timeout, unparsable gold): such a solution is neither right nor wrong."""
+    """Grade each solution against its gold answer (verifier workers, `style` extraction; `pot` programs run
+    in the sandbox) and label its steps by the rule above; rows carry `answer` (the gold). None where a
+    solution has no steps or its verdict could not be reached (timeout, unparsable gold): such a solution is
+    neither right nor wrong."""
     if not len(questions) == len(solutions) == len(golds):
         raise ValueError(f"got {len(questions)} questions, {len(solutions)} solutions and {len(golds)} gold answers; "
                          "they must pair up")
-    verdicts = verifier.grade_batch(list(solutions), list(golds), style)
+    if style == PROGRAM_STYLE:
+        verdicts = grade_answers(verifier, extract_answers(list(solutions), style), list(golds))
+    else:
+        verdicts = verifier.grade_batch(list(solutions), list(golds), style)
     rows: list[dict[str, Any] | None] = []
     for question, solution, gold, verdict in zip(questions, solutions, golds, verdicts):
         row = verified_trace(question, solution, verdict.correct) if verdict.verified else None

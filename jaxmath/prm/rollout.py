@@ -18,17 +18,18 @@ from jaxmath.data.formats import PromptFormat, render_prompt
 from jaxmath.data.schema import BadRow
 from jaxmath.inference.completions import sample_completions
 from jaxmath.inference.config import Sampling
+from jaxmath.inference.weights import DecodeWeights
 from jaxmath.models import CausalLM
 from jaxmath.prm.steps import split_steps
 from jaxmath.verify.answers import extract_answers, grade_answers
 from jaxmath.verify.pool import Verifier
 
 
-def monte_carlo_labels(policy: CausalLM, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
+def monte_carlo_labels(policy: CausalLM | DecodeWeights, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
                        solutions: Sequence[Mapping[str, Any]], verifier: Verifier, *, rollouts: int = 8,
                        sampling: Sampling = Sampling(max_new_tokens=512, temperature=0.7),
                        eos_ids: Sequence[int] = (), batch_size: int = 32,
-                       fallback_last_number: bool = False) -> list[dict[str, Any] | None]:
+                       fallback_last_number: bool = False, quiet: bool = False) -> list[dict[str, Any] | None]:
     """PRM rows `{"question", "answer", "steps", "labels", "soft_labels"}` for solutions given as
     `{"question", "solution", "answer"}` (answer = the gold); None for a solution without steps.
 
@@ -47,7 +48,7 @@ def monte_carlo_labels(policy: CausalLM, tokenizer: PreTrainedTokenizerBase, fmt
     prefixes = [(q, solution[:step.end], gold) for (q, solution, gold), trace in zip(items, steps) for step in trace]
     prompts = [render_prompt(fmt, q, tokenizer) + prefix for q, prefix, _ in prefixes]
     continuations = sample_completions(policy, tokenizer, prompts, rollouts, sampling, eos_ids, batch_size,
-                                       label="prm rollouts")
+                                       label="prm rollouts", quiet=quiet)
     texts = [prefix + text for (_, prefix, _), per_prefix in zip(prefixes, continuations) for text, _ in per_prefix]
     answers = extract_answers(texts, fmt.extraction_style, fallback_last_number)
     verdicts = grade_answers(verifier, answers, [gold for _, _, gold in prefixes for _ in range(rollouts)])
