@@ -144,9 +144,10 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
              sampling: Sampling = Sampling(), batch_size: int = 32, limit: int | None = None,
              dtype: str | None = None, tokenizer_path: str | None = None, verifier_workers: int | None = None,
              fallback_last_number: bool = False, repair_rounds: int = 0, prm: str | None = None,
-             prm_aggregation: str = "min") -> dict[str, dict[str, float]]:
+             prm_aggregation: str = "min", quiet: bool = False) -> dict[str, dict[str, float]]:
     """Evaluate a model directory on benchmarks; writes samples.jsonl and summary.json into `out_dir`. With a
-    PRM directory `prm`, samples are also scored by it (in the same prompt format) and prm@N is reported."""
+    PRM directory `prm`, samples are also scored by it (in the same prompt format) and prm@N is reported.
+    `quiet` turns the progress bars off."""
     if num_samples < 1 or batch_size < 1 or repair_rounds < 0:
         raise EvaluationError(f"--num-samples and --batch-size must be >= 1 and --repair-rounds >= 0, got "
                               f"{num_samples}, {batch_size} and {repair_rounds}")
@@ -160,7 +161,7 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
     if prm is not None:
         from jaxmath.prm.scorer import PRMScorer
 
-        scorer = PRMScorer.from_pretrained(prm, fmt, dtype, mesh, batch_size=batch_size)
+        scorer = PRMScorer.from_pretrained(prm, fmt, dtype, mesh, batch_size=batch_size, progress=not quiet)
     sampling = plain_text_stops(sampling, tokenizer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

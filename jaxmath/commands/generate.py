@@ -5,8 +5,9 @@ import argparse
 import sys
 import time
 
-from jaxmath.commands.options import DTYPE_CHOICES, add_sampling_arguments, sampling_from_args
+from jaxmath.commands.options import DTYPE_CHOICES, add_quiet_argument, add_sampling_arguments, sampling_from_args
 from jaxmath.inference.config import Sampling
+from jaxmath.progress import configure_logging
 
 
 def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -25,7 +26,9 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    add_quiet_argument(parser)
     args = parser.parse_args(argv)
+    configure_logging(args.quiet)
     import jax
 
     from jaxmath.inference.completions import sample_completions
