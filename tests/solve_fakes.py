@@ -14,24 +14,23 @@ class ScriptedPolicy:
     def render(self, messages):
         return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
 
-    def complete(self, prompts, max_new_tokens, stop_strings=()):
+    def complete(self, prompts, max_new_tokens, stop_strings=(), samples=1):
+        return [[self.complete_one(p, max_new_tokens, stop_strings) for _ in range(samples)] for p in prompts]
+
+    def complete_one(self, prompt, max_new_tokens, stop_strings):
         from jaxmath.solve.policy import Completion
 
         stops = (*self.stop_strings, *stop_strings)
-        out = []
-        for prompt in prompts:
-            self.prompts.append(prompt)
-            text = self.reply(prompt, self.calls)
-            self.calls += 1
-            cuts = sorted((text.find(s), s) for s in stops if s in text)
-            if cuts and cuts[0][0] + len(cuts[0][1]) <= max_new_tokens:
-                at, stop = cuts[0]
-                out.append(Completion(text[:at], at + len(stop), "stop", stop))
-            elif len(text) + 1 <= max_new_tokens:
-                out.append(Completion(text, len(text) + 1, "eos"))
-            else:
-                out.append(Completion(text[:max_new_tokens], max_new_tokens, "length"))
-        return out
+        self.prompts.append(prompt)
+        text = self.reply(prompt, self.calls)
+        self.calls += 1
+        cuts = sorted((text.find(s), s) for s in stops if s in text)
+        if cuts and cuts[0][0] + len(cuts[0][1]) <= max_new_tokens:
+            at, stop = cuts[0]
+            return Completion(text[:at], at + len(stop), "stop", stop)
+        if len(text) + 1 <= max_new_tokens:
+            return Completion(text, len(text) + 1, "eos")
+        return Completion(text[:max_new_tokens], max_new_tokens, "length")
 
 
 STEP = re.compile(r"(-?\d+) ([+-]) (\d+) = (-?\d+)")

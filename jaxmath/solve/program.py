@@ -35,11 +35,11 @@ def pot(kit: Toolkit, questions: Sequence[str]) -> list[SolveResult]:
             limit = budgets[q].grant(1, kit.policy.max_new_tokens)
             if limit:
                 messages = revision_messages(POT, questions[q], [_attempt(c) for c in histories[q]])
-                requests.append((kit.policy.render(messages), limit, ()))
+                requests.append((kit.policy.render(messages), limit, (), 1))
                 owners.append(q)
         if not requests:
             break
-        completions = complete_requests(kit.policy, requests)
+        completions = [c for (c,) in complete_requests(kit.policy, requests)]
         for q, c in zip(owners, completions):
             budgets[q].charge(c.tokens)
         read = program_kit.candidates([questions[q] for q in owners], [c.text for c in completions],

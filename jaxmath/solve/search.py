@@ -71,8 +71,8 @@ def beam(kit: Toolkit, questions: Sequence[str]) -> list[SolveResult]:
             if q in starved:
                 stopped[q], beams[q] = beams[q], []
                 continue
-            unique = {p.text: p for p, owner in zip(scored, owners) if owner == q}
-            kept = sorted(unique.values(), key=lambda p: -rank_key(p.score))[:s.beam]
+            ranked = sorted((p for p, owner in zip(scored, owners) if owner == q), key=lambda p: -rank_key(p.score))
+            kept = list({p.text: p for p in reversed(ranked)}.values())[::-1][:s.beam]  # repeats: the best copy
             finished[q] += [p for p in kept if p.finished]
             beams[q] = [p for p in kept if not p.finished]
     return [answer_result(kit, question, budget, done, [p for p in left + rest if p.text],

@@ -57,11 +57,11 @@ def expand(kit: Toolkit, prompts: Sequence[str], budgets: Sequence[Budget], expa
         if not limit:
             starved.add(e.question)
             continue
-        requests += [(prompts[e.question] + e.prefix, limit, () if e.to_end else stop)] * samples
-        sources += [source] * samples
-    completions = complete_requests(kit.policy, requests)
+        requests.append((prompts[e.question] + e.prefix, limit, () if e.to_end else stop, samples))
+        sources.append(source)
     children = []
-    for source, completion in zip(sources, completions):
-        budgets[expansions[source].question].charge(completion.tokens)
-        children.append(_child(kit, source, expansions[source], completion))
+    for source, completions in zip(sources, complete_requests(kit.policy, requests)):
+        for completion in completions:
+            budgets[expansions[source].question].charge(completion.tokens)
+            children.append(_child(kit, source, expansions[source], completion))
     return children, starved

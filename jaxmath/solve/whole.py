@@ -18,9 +18,9 @@ def sample_solutions(kit: Toolkit, questions: Sequence[str], budgets: Sequence[B
     for q, (question, budget) in enumerate(zip(questions, budgets)):
         limit = budget.grant(n, kit.policy.max_new_tokens)
         if limit:
-            requests += [(kit.prompt(question), limit, ())] * n
+            requests.append((kit.prompt(question), limit, (), n))
             owners += [q] * n
-    completions = complete_requests(kit.policy, requests)
+    completions = [c for per_request in complete_requests(kit.policy, requests) for c in per_request]
     for q, c in zip(owners, completions):
         budgets[q].charge(c.tokens)
     flat = kit.candidates([questions[q] for q in owners], [c.text for c in completions],
