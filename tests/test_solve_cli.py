@@ -88,3 +88,48 @@ def test_solve_help_lists_the_strategies(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert "usage: jaxmath solve" in text and "self_consistency" in text and "--budget" in text
+
+
+@pytest.fixture(scope="module")
+def prm_dir(model_dir, tmp_path_factory):
+    """An untrained 2-label PRM over the scripted model's tokenizer: its scores are arbitrary but fixed."""
+    from flax import nnx
+
+    from jaxmath.checkpoint.pretrained import save_jaxmath
+    from jaxmath.models import ModelConfig, build_model
+    from test_prm import PRM_HF_CONFIG
+
+    files = sorted(p for p in model_dir.glob("*") if "token" in p.name or p.name == "special_tokens_map.json")
+    hf_config = PRM_HF_CONFIG | {"vocab_size": json.loads((model_dir / "config.json").read_text())["vocab_size"]}
+    model = build_model(ModelConfig.from_hf(hf_config, num_labels=2), seed=0)
+    return save_jaxmath(tmp_path_factory.mktemp("prm") / "model", nnx.to_pure_dict(nnx.state(model)), model.config,
+                        hf_config, files)
+
+
+@pytest.mark.slow
+def test_eval_strategies_report_accuracy_and_tokens(model_dir, prm_dir, tmp_path, capsys):
+    from jaxmath.commands.evaluate import eval_main
+    from test_evaluation import FIXTURES
+
+    base = ["--model", str(model_dir), "--benchmarks", "gsm8k", "--data-dir", str(FIXTURES), "--temperature", "1.0",
+            "--max-new-tokens", "16", "--batch-size", "8", "--verifier-workers", "1", "--seed", "3", "--quiet"]
+    for strategy, extra in [("self_consistency", ["--num-samples", "5"]),
+                            ("beam", ["--num-samples", "3", "--beam", "2", "--budget", "40", "--prm", str(prm_dir)])]:
+        out = tmp_path / strategy
+        assert eval_main(base + ["--strategy", strategy, "--out", str(out), *extra]) == 0
+        summary = json.loads((out / "summary.json").read_text())["gsm8k"]
+        rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+        assert len(rows) == summary["n"] == 2 and all(r["strategy"] == strategy for r in rows)
+        assert summary["accuracy"] == pytest.approx(sum(r["answer"] == r["gold"] for r in rows) / 2)
+        assert summary["tokens/question"] == pytest.approx(sum(r["tokens"] for r in rows) / 2)
+        assert f"{summary['tokens/question']:.1f}" in capsys.readouterr().out
+        if strategy == "self_consistency":
+            assert all(r["tokens"] == 5 * len(CHAIN) for r in rows)
+            for r in rows:
+                answers = [c["answer"] for c in r["candidates"]]
+                assert r["answer"] == max(dict.fromkeys(answers), key=answers.count)
+        else:  # the budget holds 3 samples of one 11-token step, and no second round
+            assert all(r["tokens"] == 3 * len(CHAIN) and len(r["candidates"]) <= 2 for r in rows)
+    with pytest.raises(SystemExit):
+        eval_main(base + ["--strategy", "tree", "--out", str(tmp_path / "x")])
+    assert "--strategy tree needs --prm PATH" in capsys.readouterr().err

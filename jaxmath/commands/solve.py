@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jaxmath.commands.options import DTYPE_CHOICES, PRM_AGGREGATIONS, add_sampling_arguments, sampling_from_args
+from jaxmath.commands.options import (DTYPE_CHOICES, PRM_AGGREGATIONS, add_quiet_argument, add_sampling_arguments,
+                                      sampling_from_args)
 from jaxmath.progress import configure_logging, progress_bar
-from jaxmath.solve.defaults import DEFAULT_SAMPLING, STRATEGIES
+from jaxmath.solve.defaults import DEFAULT_SAMPLING, NEEDS_PRM, STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +141,13 @@ def solve_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the whole result object as JSON")
     parser.add_argument("--input", type=Path, default=None, help="JSONL file of questions ({'id', 'question'})")
     parser.add_argument("--output", type=Path, default=None, help="JSONL file the results are appended to")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar; warnings and errors only")
+    add_quiet_argument(parser)
     args = parser.parse_args(argv)
     if (args.input is None) == (args.question is None):
         parser.error("give a question or --input FILE (not both)")
     if (args.input is None) != (args.output is None):
         parser.error("--input and --output go together")
-    if args.strategy in ("best_of_n", "beam", "tree") and args.prm is None:
+    if args.strategy in NEEDS_PRM and args.prm is None:
         parser.error(f"--strategy {args.strategy} needs --prm PATH")
     configure_logging(args.quiet)
     from jaxmath.checkpoint import CheckpointError
