@@ -3,8 +3,10 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from jaxmath.commands.solve import solve_main
+from jaxmath.commands.solve import InputError, read_questions, solve_main
 from jaxmath.data.tokenizer import train_tokenizer
 from test_evaluation import CHAIN, scripted_model
 
@@ -133,3 +135,19 @@ def test_eval_strategies_report_accuracy_and_tokens(model_dir, prm_dir, tmp_path
     with pytest.raises(SystemExit):
         eval_main(base + ["--strategy", "tree", "--out", str(tmp_path / "x")])
     assert "--strategy tree needs --prm PATH" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(st.one_of(st.text(max_size=40), st.builds(json.dumps, st.dictionaries(
+    st.sampled_from(["id", "question", "other"]), st.one_of(st.text(max_size=20), st.integers(), st.none()),
+    max_size=3))), max_size=5))
+def test_any_questions_file_reads_or_names_its_bad_line(tmp_path_factory, lines):
+    path = tmp_path_factory.mktemp("q") / "questions.jsonl"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    try:
+        rows = read_questions(path)
+    except InputError as err:
+        assert str(err).startswith(f"{path} line ")
+        return
+    assert all(isinstance(i, str) and isinstance(q, str) and q.strip() for i, q in rows)
+    assert len({i for i, _ in rows}) == len(rows)

@@ -39,8 +39,9 @@ def read_questions(path: Path) -> list[tuple[str, str]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path} line {number}: not valid JSON ({err.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as err:
+            reason = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+            raise InputError(f"{path} line {number}: not valid JSON ({reason})") from None
         question = row.get("question") if isinstance(row, dict) else None
         if not isinstance(question, str) or not question.strip():
             raise InputError(f"{path} line {number}: needs a non-empty string 'question'")
@@ -64,7 +65,7 @@ def answered_ids(path: Path) -> set[str]:
             continue
         try:
             ids.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, RecursionError, KeyError, TypeError):
             if number == len(lines):  # no newline after it: a write that never finished
                 path.write_text(text[:len(text) - len(line)], encoding="utf-8")
                 log.warning("%s: dropped an unfinished last line; its question is solved again", path)
