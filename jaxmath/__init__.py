@@ -15,6 +15,8 @@ _EXPORTS = {
     "from_pretrained": "jaxmath.checkpoint",
     "generate": "jaxmath.inference.sampler",
     "GenerationOutput": "jaxmath.inference.sampler",
+    "MathSolver": "jaxmath.solve",
+    "SolveResult": "jaxmath.solve",
 }
 
 __all__ = sorted(_EXPORTS)

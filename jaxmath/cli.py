@@ -14,6 +14,8 @@ Each subcommand is also reachable through a thin script (convert/*.py, launch/*.
     jaxmath data pairs ...            DPO pairs from graded samples (see `jaxmath data pairs --help`)
     jaxmath eval --model ckpt_or_hf_dir --benchmarks gsm8k math500 --data-dir ../shared/data --out results/
                  [--repair-rounds R]
+    jaxmath solve --model ckpt_or_hf_dir "What is the integral of x^2 from 0 to 3?" [--strategy beam --prm PRM_DIR]
+                  [--json] [--input questions.jsonl --output answers.jsonl]
     jaxmath generate --model ckpt_or_hf_dir --prompt "What is 17 * 23?" [--max-new-tokens 256]
     jaxmath push --model run/hf --repo user/name [--private] [--dry-run]   upload to the Hugging Face Hub
 """

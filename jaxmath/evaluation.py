@@ -8,16 +8,19 @@ data directory is given); prompts use jaxmath.data.formats; answers are graded b
 bounded worker processes. `--out` receives samples.jsonl (one row per sample) and summary.json
 ({benchmark: {metric: value, "n": problems}}); the summary table is also printed. `--select prm --prm PRM_DIR`
 also scores every sample with a process reward model and reports prm@N, the accuracy of the top-scored one.
+`--strategy self_consistency|best_of_n|beam|tree` answers each problem with that jaxmath.solve strategy instead
+and reports its accuracy; every strategy reports tokens generated per problem, so a win bought with tokens shows.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -33,10 +36,19 @@ from jaxmath.inference.loading import load_for_generation
 from jaxmath.inference.weights import DecodeWeights, prepare_weights
 from jaxmath.models import CausalLM
 from jaxmath.objectives.prm import STEP_AGGREGATIONS, aggregate_step_scores, best_of_n
+from jaxmath.progress import progress_bar
+from jaxmath.solve.context import SolveSettings
+from jaxmath.solve.defaults import EVAL_STRATEGIES, NEEDS_PRM
+from jaxmath.solve.policy import ModelPolicy
+from jaxmath.solve.solver import MathSolver
 from jaxmath.verify import Verifier
+from jaxmath.verify.answers import grade_answers
 
 if TYPE_CHECKING:
     from jaxmath.prm.scorer import PRMScorer
+
+
+TOKENS_METRIC = "tokens/question"  # generated tokens per problem, reported next to accuracy at every strategy
 
 
 class EvaluationError(RuntimeError):
@@ -87,11 +99,16 @@ def benchmark_metrics(answers: Sequence[Sequence[str | None]], correct: Sequence
 
 
 def summary_table(summary: dict[str, dict[str, float]]) -> str:
-    """The summary as a text table: one row per benchmark, metrics in percent."""
+    """The summary as a text table: one row per benchmark, accuracies in percent, tokens per question as is."""
     metrics = [m for m in dict.fromkeys(k for row in summary.values() for k in row) if m != "n"]
+
+    def cell(row: dict[str, float], metric: str) -> str:
+        if metric not in row:
+            return "-"
+        return f"{row[metric]:.1f}" if metric == TOKENS_METRIC else f"{100 * row[metric]:.1f}"
+
     return format_table([["benchmark", "n", *metrics]] + [
-        [name, str(row["n"]), *(f"{100 * row[m]:.1f}" if m in row else "-" for m in metrics)]
-        for name, row in summary.items()])
+        [name, str(row["n"]), *(cell(row, m) for m in metrics)] for name, row in summary.items()])
 
 
 def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM | DecodeWeights,
@@ -139,7 +156,27 @@ def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM | D
         metrics = {"pass@1": metrics["pass@1"], **repair_metrics(histories, num_samples, repair_rounds), **metrics}
         for row, history in zip(rows, histories):
             row["revisions"], row["final_verdict"] = revision_history(history, fmt), history[-1].verdict.outcome.value
-    return metrics, rows
+    tokens = sum(length for per_problem in completions for _, length in per_problem) / len(records)
+    return {**{k: v for k, v in metrics.items() if k != "n"}, TOKENS_METRIC: round(tokens, 1), "n": metrics["n"]}, rows
+
+
+def evaluate_strategy(name: str, records: Sequence[Record], solver: MathSolver, verifier: Verifier, chunk: int,
+                      quiet: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Accuracy and tokens generated per problem of the solver's strategy on one benchmark, and a row per
+    problem (its SolveResult with the gold answer and verdict) for samples.jsonl."""
+    results = []
+    with progress_bar(total=len(records), desc=f"{name} {solver.settings.strategy}", unit="problem",
+                      quiet=quiet) as bar:
+        for first in range(0, len(records), chunk):
+            part = records[first:first + chunk]
+            results += solver.solve_batch([r.question for r in part])
+            bar.update(len(part))
+    verdicts = grade_answers(verifier, [r.answer for r in results], [r.answer for r in records])
+    rows = [{"benchmark": name, "id": record.id, "gold": record.answer, "verdict": verdict.outcome.value,
+             "reason": verdict.reason, **result.to_dict()}
+            for record, result, verdict in zip(records, results, verdicts)]
+    return {"accuracy": round(float(np.mean([v.correct for v in verdicts])), 6),
+            TOKENS_METRIC: round(float(np.mean([r.tokens for r in results])), 1), "n": len(records)}, rows
 
 
 def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathLike,
@@ -147,13 +184,24 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
              sampling: Sampling = Sampling(), batch_size: int = 32, limit: int | None = None,
              dtype: str | None = None, tokenizer_path: str | None = None, verifier_workers: int | None = None,
              fallback_last_number: bool = False, repair_rounds: int = 0, prm: str | None = None,
-             prm_aggregation: str = "min", quiet: bool = False) -> dict[str, dict[str, float]]:
+             prm_aggregation: str = "min", quiet: bool = False, strategy: str = "sample",
+             search: Mapping[str, Any] | None = None) -> dict[str, dict[str, float]]:
     """Evaluate a model directory on benchmarks; writes samples.jsonl and summary.json into `out_dir`. With a
     PRM directory `prm`, samples are also scored by it (in the same prompt format) and prm@N is reported.
-    `quiet` turns the progress bars off."""
+    `quiet` turns the progress bars off. A `strategy` other than "sample" answers each problem with
+    jaxmath.solve (`num_samples` samples or next steps, `search` the other SolveSettings fields, e.g. beam,
+    budget) and reports its accuracy; every strategy reports tokens generated per problem."""
     if num_samples < 1 or batch_size < 1 or repair_rounds < 0:
         raise EvaluationError(f"--num-samples and --batch-size must be >= 1 and --repair-rounds >= 0, got "
                               f"{num_samples}, {batch_size} and {repair_rounds}")
+    if strategy not in EVAL_STRATEGIES:
+        raise EvaluationError(f"unknown strategy {strategy!r}; choose one of {', '.join(EVAL_STRATEGIES)}")
+    if strategy != "sample" and repair_rounds:
+        raise EvaluationError("--repair-rounds revises samples of --strategy sample; other strategies do not take it")
+    if strategy in NEEDS_PRM and prm is None:
+        raise EvaluationError(f"--strategy {strategy} ranks solutions with a process reward model: give --prm PATH")
+    settings = SolveSettings(strategy=strategy, samples=num_samples, prm_aggregation=prm_aggregation,
+                             **(search or {})) if strategy != "sample" else None  # bad settings fail before loading
     fmt = get_format(format_name)
     problems = {name: load_benchmark(name, data_dir, limit) for name in benchmarks}  # fail fast on bad names
     if prm_aggregation not in STEP_AGGREGATIONS:
@@ -171,11 +219,18 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
     summary: dict[str, dict[str, float]] = {}
     with Verifier(workers=verifier_workers) as verifier, jax.set_mesh(mesh), \
             open(out / "samples.jsonl", "w", encoding="utf-8") as samples:
-        weights = prepare_weights(model)  # the sampler's copy, made once for every benchmark and repair round
+        weights = prepare_weights(model)  # the sampler's copy, made once for every benchmark, round and search
+        solver = None if settings is None else MathSolver.from_policy(
+            ModelPolicy(weights, tokenizer, eos_ids, sampling, batch_size, mesh), fmt, scorer, verifier,
+            **dataclasses.asdict(settings))
         for name, records in problems.items():
-            summary[name], rows = evaluate_benchmark(name, records, weights, tokenizer, fmt, verifier, num_samples,
-                                                     sampling, eos_ids, batch_size, fallback_last_number,
-                                                     repair_rounds, scorer, prm_aggregation, quiet)
+            if solver is not None:
+                summary[name], rows = evaluate_strategy(name, records, solver, verifier, batch_size, quiet)
+            else:
+                summary[name], rows = evaluate_benchmark(name, records, weights, tokenizer, fmt, verifier,
+                                                         num_samples, sampling, eos_ids, batch_size,
+                                                         fallback_last_number, repair_rounds, scorer, prm_aggregation,
+                                                         quiet)
             samples.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             samples.flush()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

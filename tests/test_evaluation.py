@@ -122,7 +122,8 @@ def test_evaluate_cli_end_to_end(model_dir, tmp_path, capsys):
     assert summary["gsm8k"]["pass@1"] == pytest.approx(sum(c / 4 for c in counts) / 2, abs=1e-6)
     assert summary["gsm8k"]["pass@2"] == pytest.approx(
         sum(1 - comb(4 - c, 2) / comb(4, 2) for c in counts) / 2, abs=1e-6)
-    assert summary["math500"] == {"pass@1": 0.0, "maj@4": 0.0, "pass@2": 0.0, "pass@4": 0.0, "n": 1}
+    assert summary["math500"] == {"pass@1": 0.0, "maj@4": 0.0, "pass@2": 0.0, "pass@4": 0.0,
+                                  "tokens/question": 4.0 * len(CHAIN), "n": 1}
     assert "maj@4" in printed and "gsm8k: 100%" in shown and "8/8" in shown and "tok_s=" in shown  # 2 x 4 samples
 
 

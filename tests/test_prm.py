@@ -407,7 +407,7 @@ def test_evaluate_selects_with_a_prm_end_to_end(trained, tmp_path, capsys):
         by_problem.setdefault(row["id"], []).append(row)
     picked = [max(samples, key=lambda r: (r["prm_score"], -r["sample"])) for samples in by_problem.values()]
     assert summary["prm@4"] == pytest.approx(np.mean([r["verdict"] == "correct" for r in picked]), abs=1e-6)
-    assert list(summary) == ["pass@1", "maj@4", "prm@4", "pass@2", "pass@4", "n"]
+    assert list(summary) == ["pass@1", "maj@4", "prm@4", "pass@2", "pass@4", "tokens/question", "n"]
     assert "prm@4" in printed
     with pytest.raises(SystemExit):
         evaluate_main(args + ["--select", "prm"])

@@ -17,9 +17,8 @@ from tiny_hf import save_tiny, tiny_model
 
 PACKAGE = Path(__file__).resolve().parent.parent / "jaxmath"
 # modules whose prints are a command's own output (results, tables, usage); everything else logs
-PRINTING_MODULES = {"cli.py", "demo.py", "pipeline.py", "commands/__init__.py", "commands/convert.py",
-                    "commands/data.py", "commands/evaluate.py", "commands/generate.py", "commands/prm_label.py",
-                    "commands/push.py", "commands/synthesis.py", "commands/train.py"}
+PRINTING_MODULES = {"cli.py", "demo.py", "pipeline.py",
+                    *(f"commands/{path.name}" for path in (PACKAGE / "commands").glob("*.py"))}
 
 
 def _calls(tree: ast.AST, name: str) -> list[int]:

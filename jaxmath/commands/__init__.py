@@ -14,6 +14,7 @@ from jaxmath.commands.data import main as data_main
 from jaxmath.commands.evaluate import eval_main
 from jaxmath.commands.generate import generate_main
 from jaxmath.commands.push import push_main
+from jaxmath.commands.solve import solve_main
 from jaxmath.commands.train import train_main
 
 Command = Callable[[list[str], str], int]  # (argv, prog) -> exit status
@@ -26,6 +27,7 @@ COMMANDS: dict[str, dict[str, Command]] = {
     "eval": {"": eval_main},
     "generate": {"": generate_main},
     "push": {"": push_main},
+    "solve": {"": solve_main},
     "train": {"": train_main},
 }
 

@@ -1,5 +1,6 @@
 """`jaxmath eval` (also launch/evaluate.py): sample completions for benchmark problems, grade them, report pass@k,
-maj@k and PRM best-of-N (`jaxmath.evaluation` does the work).
+maj@k and PRM best-of-N, or answer them with a jaxmath.solve strategy (`--strategy beam --prm PRM_DIR`) and report
+accuracy next to tokens per problem (`jaxmath.evaluation` does the work).
 
     jaxmath eval --model ckpt_or_hf_dir --benchmarks gsm8k math500 \\
         --data-dir ../shared/data --format boxed --num-samples 8 --temperature 0.7 --out results/
@@ -16,6 +17,7 @@ from jaxmath.commands.options import (DTYPE_CHOICES, PRM_AGGREGATIONS, add_quiet
                                       sampling_from_args)
 from jaxmath.inference.config import Sampling
 from jaxmath.progress import configure_logging
+from jaxmath.solve.defaults import EVAL_STRATEGIES, NEEDS_PRM
 
 
 def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -52,6 +54,19 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         help="PRM directory (jaxmath or HF token classifier, trained in --format) for --select prm")
     parser.add_argument("--prm-aggregation", choices=PRM_AGGREGATIONS, default="min",
                         help="how a sample's step scores become one score (default min)")
+    search = parser.add_argument_group(
+        "strategies", "--strategy sample (the default) samples --num-samples completions per problem and reports "
+        "pass@k, maj@k (and prm@k); the others answer each problem with jaxmath.solve and report its accuracy, "
+        "--num-samples being the samples per problem (self_consistency, best_of_n) or next steps per partial "
+        "solution (beam, tree); every strategy reports tokens generated per problem")
+    search.add_argument("--strategy", choices=EVAL_STRATEGIES, default="sample", help="(default sample)")
+    search.add_argument("--beam", type=int, default=4, help="partial solutions kept per step (beam; default 4)")
+    search.add_argument("--budget", type=int, default=None, metavar="TOKENS",
+                        help="tokens generated per problem at most (default: each strategy's own limits)")
+    search.add_argument("--max-steps", type=int, default=16, help="steps per solution (beam, tree; default 16)")
+    search.add_argument("--step-tokens", type=int, default=64, help="tokens per step (beam, tree; default 64)")
+    search.add_argument("--iterations", type=int, default=16, help="tree expansions (default 16)")
+    search.add_argument("--exploration", type=float, default=1.0, help="tree exploration weight (default 1)")
     parser.add_argument("--require-sandbox", nargs="+", default=[], choices=LAYERS, metavar="LAYER",
                         help="fail at start unless the program sandbox (--format pot runs each program there) gets "
                              f"these isolation layers on this machine (layers: {', '.join(LAYERS)})")
@@ -59,8 +74,10 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     add_quiet_argument(parser)
     args = parser.parse_args(argv)
     configure_logging(args.quiet)
-    if (args.select == "prm") != (args.prm is not None):
+    if args.strategy == "sample" and (args.select == "prm") != (args.prm is not None):
         parser.error("--select prm and --prm PATH go together")
+    if args.strategy in NEEDS_PRM and args.prm is None:
+        parser.error(f"--strategy {args.strategy} needs --prm PATH")
     if args.num_samples > 1 and args.temperature == 0.0:
         print("warning: --num-samples > 1 with greedy decoding gives identical samples", file=sys.stderr)
     from jaxmath.checkpoint import CheckpointError
@@ -76,7 +93,10 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
         summary = evaluate(args.model, args.benchmarks, args.out, args.data_dir, args.format, args.num_samples,
                            sampling, args.batch_size, args.limit, args.dtype, args.tokenizer, args.verifier_workers,
                            args.fallback_last_number, args.repair_rounds, args.prm, args.prm_aggregation,
-                           quiet=args.quiet)
+                           quiet=args.quiet, strategy=args.strategy,
+                           search=dict(beam=args.beam, budget=args.budget, max_steps=args.max_steps,
+                                       step_tokens=args.step_tokens, iterations=args.iterations,
+                                       exploration=args.exploration))
     except (EvaluationError, SourceError, CheckpointError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
