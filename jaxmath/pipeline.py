@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxmath.commands import COMMANDS, run_command
+from jaxmath.commands.options import add_compile_cache_argument
+from jaxmath.compilation import ENV_VAR
 from jaxmath.config import ConfigError, load_config
 from jaxmath.tracking import LoggingSection, check_wandb, log_pipeline_report
 
@@ -161,7 +163,10 @@ def pipeline_main(argv: list[str] | None = None, prog: str | None = None) -> int
     parser.add_argument("--config", required=True, help="pipeline YAML (see configs/pipeline/)")
     parser.add_argument("--output-dir", default=None, help="pipeline directory (default: the config's output_dir)")
     parser.add_argument("--from-stage", default=None, metavar="NAME", help="rerun this stage and all after it")
+    add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
+    if args.compile_cache is not None:  # every stage's `auto` (train stages and commands alike) follows the flag
+        os.environ[ENV_VAR] = args.compile_cache
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

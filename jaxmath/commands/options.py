@@ -1,4 +1,5 @@
-"""Flags more than one command takes: model dtypes, and the decoding flags (one per `Sampling` field)."""
+"""Flags more than one command takes: model dtypes, the decoding flags (one per `Sampling` field) and the XLA
+compilation cache."""
 from __future__ import annotations
 
 import argparse
@@ -38,3 +39,11 @@ def sampling_from_args(args: argparse.Namespace) -> Sampling:
     """The `Sampling` the decoding flags describe."""
     values = {field: getattr(args, dest) for dest, field in SAMPLING_FLAGS.items()}
     return Sampling(**{**values, "stop_strings": tuple(values["stop_strings"])})
+
+
+def add_compile_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """--compile-cache DIR|off: where XLA's persistent compilation cache lives (jaxmath.compilation)."""
+    parser.add_argument("--compile-cache", default=None, metavar="DIR|off",
+                        help="XLA compilation cache directory, or off (default: $JAXMATH_COMPILE_CACHE, else "
+                             "$XDG_CACHE_HOME/jaxmath/xla or ~/.cache/jaxmath/xla); a second run of the same "
+                             "programs loads them instead of compiling")

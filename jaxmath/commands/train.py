@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxmath.commands.options import add_compile_cache_argument
+
 
 def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Train (or resume, or dry-run) a run described by a YAML config plus dotted overrides."""
@@ -23,7 +25,10 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
                              "table of every remat option and the one training would take); loads no weights")
     parser.add_argument("--wandb-project", default=None, metavar="NAME",
                         help="log to this Weights & Biases project (sets logging.wandb.project)")
+    add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
+    if args.compile_cache is not None:  # the flag beats the config's train.compile_cache
+        args.set.append(f"train.compile_cache={json.dumps(args.compile_cache)}")
     if args.wandb_project is not None:
         args.set.insert(0, f"logging.wandb.project={json.dumps(args.wandb_project)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
