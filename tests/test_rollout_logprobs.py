@@ -1,0 +1,116 @@
+"""Log-probs the trainer agrees with (issue #15, item 5): the sampler's per-token log-probs of its own samples
+against the training forward the GRPO loss computes (`jaxmath.objectives.grpo.policy_log_probs`), so the importance
+ratio exp(train - sampler) at the first update is 1, in float32 and in bfloat16.
+
+Tolerances on |log ratio| over every scored completion token; measured on this CPU (2 cores, jax 0.10.2, the
+tests' 8 simulated devices) with the model below, temperature 1, 8 rows x up to 48 tokens, mean / max:
+
+    compute / params     measured mean / max      allowed mean / max
+    float32 / float32    5.3e-07 / 2.9e-06        1e-05 / 1e-04
+    bfloat16 / float32   6.1e-04 / 2.9e-02        5e-03 / 0.1     (GRPO's mixed precision: float32 master weights)
+    bfloat16 / bfloat16  8.2e-05 / 1.5e-02        5e-03 / 0.1
+    GRPO path, float32   1.7e-07 / 9.5e-07        as float32 / float32   (the tiny GRPO test config, random init)
+    GRPO path, bfloat16  2.6e-04 / 2.0e-03        as bfloat16 / float32
+
+Where the bfloat16 mismatch comes from (measured, not assumed): the final hidden states of the sampler's one-token
+decode steps and of the training forward are bit-identical except for rare one-ulp bfloat16 differences (a
+one-row matmul sums in another order), and the head's logits are rounded to bfloat16, which turns such a
+difference into a whole logit ulp (0.03 at |logit| 4-8). With the same model and no stop ids, logits computed in
+float32 from the same bfloat16 operands (`preferred_element_type`) halved the max (3.3e-2 -> 1.7e-2) and the mean
+(5.6e-4 -> 3.2e-4). The GRPO path itself (`jaxmath.train.rl.sample` -> the loss's batch -> the trainer's jitted
+log-prob pass, on the 8-device mesh) is checked the same way in `test_grpo_rollout_path_agrees_with_the_trainer`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmath.inference.sampler import generate
+from jaxmath.models import ModelConfig, build_model
+from jaxmath.objectives.grpo import policy_log_probs
+from jaxmath.train.rollout import train_batch
+
+# (compute dtype, parameter dtype) -> (allowed mean, allowed max) of |log ratio|
+TOLERANCES = {("float32", "float32"): (1e-5, 1e-4),
+              ("bfloat16", "float32"): (5e-3, 0.1),
+              ("bfloat16", "bfloat16"): (5e-3, 0.1)}
+VOCAB, ROWS, PROMPT, NEW = 512, 8, 24, 48
+STOP_IDS = list(range(8))  # frequent enough (8 of 512 tokens) that some rows stop early
+
+
+def log_ratio_stats(train: np.ndarray, sampler: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """mean and max |train - sampler| over the scored tokens, and the importance ratios' extremes."""
+    gap = (np.asarray(train, np.float64) - np.asarray(sampler, np.float64))[mask]
+    ratio = np.exp(gap)
+    return {"mean": float(np.abs(gap).mean()), "max": float(np.abs(gap).max()),
+            "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()), "tokens": int(mask.sum())}
+
+
+def sharp_model(dtype: str, param_dtype: str):
+    """A tiny random Qwen2 whose final norm scale is 8x, so its logits spread like a trained model's (token
+    log-probs average about -4.8, not log(1/512) = -6.2 as at random initialisation)."""
+    config = ModelConfig(model_type="qwen2", vocab_size=VOCAB, hidden_size=128, intermediate_size=352, num_layers=4,
+                         num_heads=4, num_kv_heads=2, head_dim=32, dtype=dtype, param_dtype=param_dtype,
+                         max_position_embeddings=512)
+    model = build_model(config, 0)
+    model.model.norm.scale[...] = model.model.norm.scale[...] * 8
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype,param_dtype", list(TOLERANCES))
+def test_sampler_logprobs_match_the_training_forward(dtype, param_dtype):
+    model = sharp_model(dtype, param_dtype)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(8, VOCAB, (ROWS, PROMPT)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[::2, :5] = 0  # left padding on half the rows
+    out = generate(model, ids, mask, max_new_tokens=NEW, temperature=1.0, eos_token_id=STOP_IDS, seed=1)
+    lengths = np.asarray(out.lengths)
+    assert lengths.min() < NEW  # the layout with rows that stopped early is exercised
+    batch = train_batch(ids, mask, np.asarray(out.sequences)[:, -NEW:], lengths, np.asarray(out.logprobs),
+                        np.zeros(ROWS), np.ones(ROWS))
+    forward = jax.jit(lambda m, b: policy_log_probs(m, b)[0])
+    train = np.asarray(forward(model, {k: jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask")}))
+    stats = log_ratio_stats(train, batch["old_logprobs"], batch["completion_mask"] > 0)
+    print(f"{dtype} compute, {param_dtype} params: |log ratio| mean {stats['mean']:.2e} max {stats['max']:.2e} "
+          f"over {stats['tokens']} tokens; ratio in [{stats['ratio_min']:.4f}, {stats['ratio_max']:.4f}]")
+    allowed_mean, allowed_max = TOLERANCES[dtype, param_dtype]
+    assert stats["mean"] <= allowed_mean and stats["max"] <= allowed_max, stats
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_grpo_rollout_path_agrees_with_the_trainer(tmp_path, dtype):
+    """`jaxmath.train.rl.sample` (the rollouts of a GRPO run, float32 master weights) against the run's own log-prob
+    pass (`RLRun.logprob_fn`: the jitted, sharded policy_log_probs of the loss) on the loss's batch layout."""
+    from flax import nnx
+
+    from jaxmath.data.formats import get_format
+    from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
+    from jaxmath.train.rl import sample
+    from jaxmath.train.step import to_global
+    from jaxmath.train.trainer import build_rl_run
+    from test_grpo_loop import tiny
+
+    rl = build_rl_run(tiny(mesh={"data": 2, "fsdp": 2, "tensor": 2}, model={"dtype": dtype}), tmp_path)
+    params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build_model(rl.run.model_config, 3))),
+                     out_shardings=rl.run.shardings.params)()
+    prompts = next(iter(rl_prompt_pipeline(rl.run.train_records, rl.run.tokenizer, get_format("boxed"),
+                                           max_prompt_len=80, prompts_per_batch=4, group_size=4,
+                                           options=PipelineOptions(seed=0, num_epochs=None))))
+    rollout = sample(rl, params, prompts, seed=7)
+    batch = train_batch(prompts["input_ids"], prompts["attention_mask"], rollout["tokens"], rollout["lengths"],
+                        rollout["logprobs"], np.zeros(16), np.ones(16))
+    train = []
+    for first in (0, 8):  # minibatch by minibatch, as the loop's log-prob pass runs
+        chunk = to_global({k: v[first:first + 8] for k, v in batch.items()},
+                          {k: rl.run.batch_sharding[k] for k in ("input_ids", "attention_mask")})
+        train.append(np.asarray(rl.logprob_fn(params, chunk)))
+    stats = log_ratio_stats(np.concatenate(train), batch["old_logprobs"], batch["completion_mask"] > 0)
+    print(f"GRPO path, {dtype} compute: |log ratio| mean {stats['mean']:.2e} max {stats['max']:.2e} over "
+          f"{stats['tokens']} tokens")
+    allowed_mean, allowed_max = TOLERANCES[dtype, "float32"]
+    assert stats["mean"] <= allowed_mean and stats["max"] <= allowed_max, stats
