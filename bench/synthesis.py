@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> None:
                                      input=[str(problems)], samples=1, chunk=64, output=f"{tmp}/out{concurrency}.jsonl",
                                      verifier_workers=args.verifier_workers)
             start = time.perf_counter()
-            summary = synthesize(config, progress=None)
+            summary = synthesize(config, quiet=True)
             cold = time.perf_counter() - start
             start = time.perf_counter()
-            again = synthesize(config, progress=None)
+            again = synthesize(config, quiet=True)
             warm = time.perf_counter() - start
             assert again["asked"] == 0 and again["kept"] == summary["kept"]
             print(f"{concurrency:>11} {cold:>7.1f} {len(records) / cold:>10.1f} {warm:>8.1f} {summary['ran']:>5} "

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from jaxmath.commands.options import add_compile_cache_argument
+from jaxmath.commands.options import add_compile_cache_argument, add_quiet_argument
 from jaxmath.config import from_dict
+from jaxmath.progress import configure_logging
 
 MODEL = {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
@@ -25,6 +27,7 @@ MODEL = {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 384, "n
 DATA = {"synthetic": {"arithmetic__add_small": 3000}, "eval_fraction": 0.05, "format": "boxed", "seq_len": 256}
 HELD_OUT = 128  # held-out problems graded greedily before and after GRPO
 ANSWER_TOKENS = 64
+log = logging.getLogger(__name__)
 
 SFT_CONFIG: dict[str, Any] = {
     "objective": "sft",
@@ -87,9 +90,10 @@ def stage_configs(out: Path, sft_steps: int | None = None, grpo_steps: int | Non
 
 def run_demo(output_dir: str | Path, sft_steps: int | None = None, grpo_steps: int | None = None,
              held_out: int | None = None, problems: dict[str, int] | None = None,
-             compile_cache: str | None = None) -> dict[str, Any]:
+             quiet: bool = False, compile_cache: str | None = None) -> dict[str, Any]:
     """SFT -> GRPO -> export -> transformers, with before/after held-out accuracy; returns summary.json.
-    `compile_cache` sets both stages' train.compile_cache (default: auto)."""
+    `quiet` turns the training progress bars off; `compile_cache` sets both stages' train.compile_cache
+    (default: auto)."""
     from jaxmath.train.config import TrainConfig
     from jaxmath.train.metrics import plot_metrics
     from jaxmath.train.trainer import load_records, train
@@ -102,14 +106,14 @@ def run_demo(output_dir: str | Path, sft_steps: int | None = None, grpo_steps: i
         if compile_cache is not None:
             raw["train"]["compile_cache"] = compile_cache
     sft_config, start = from_dict(TrainConfig, sft_raw), time.perf_counter()
-    print(f"[demo] 1/4 SFT: a tokenizer and a randomly initialised {MODEL['num_hidden_layers']}-layer model "
-          f"on {', '.join(sft_raw['data']['synthetic'])} problems, in {out / 'sft'}", flush=True)
-    sft_summary = train(sft_config, sft_config.output_dir)
-    print(f"[demo] 2/4 GRPO: {grpo_raw['grpo']['group_size']} samples per problem, verifier rewards, "
-          f"in {out / 'grpo'}", flush=True)
+    log.info("[demo] 1/4 SFT: a tokenizer and a randomly initialised %d-layer model on %s problems, in %s",
+             MODEL["num_hidden_layers"], ", ".join(sft_raw["data"]["synthetic"]), out / "sft")
+    sft_summary = train(sft_config, sft_config.output_dir, progress=not quiet)
+    log.info("[demo] 2/4 GRPO: %d samples per problem, verifier rewards, in %s", grpo_raw["grpo"]["group_size"],
+             out / "grpo")
     grpo_config = from_dict(TrainConfig, grpo_raw)
-    grpo_summary = train(grpo_config, grpo_config.output_dir)
-    print("[demo] 3/4 exported to Hugging Face format; reloading with transformers", flush=True)
+    grpo_summary = train(grpo_config, grpo_config.output_dir, progress=not quiet)
+    log.info("[demo] 3/4 exported to Hugging Face format; reloading with transformers")
     record = load_records(grpo_config)[1][0]  # a held-out problem
     try:
         reply = answer_with_transformers(out / "grpo" / "hf", record.question)
@@ -129,7 +133,7 @@ def run_demo(output_dir: str | Path, sft_steps: int | None = None, grpo_steps: i
               "seconds": round(time.perf_counter() - start, 1)}
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     before, after = result["accuracy_before_grpo"], result["accuracy_after_grpo"]
-    print("[demo] 4/4 done\n")
+    log.info("[demo] 4/4 done")
     print(f"  held-out accuracy, greedy pass@1 on {result['held_out_problems']} problems:")
     print("  | model        | accuracy |")
     print("  |--------------|----------|")
@@ -151,13 +155,16 @@ def demo_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--problems", nargs="+", default=None, metavar="GENERATOR=COUNT",
                         help="generated problems for both stages (default "
                              + " ".join(f"{k}={v}" for k, v in DATA["synthetic"].items()) + ")")
+    add_quiet_argument(parser)
     add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
+    configure_logging(args.quiet)
     problems = None
     if args.problems:
         try:
             problems = {name: int(count) for name, count in (item.split("=", 1) for item in args.problems)}
         except ValueError:
             parser.error(f"--problems takes GENERATOR=COUNT items, got {args.problems}")
-    run_demo(args.output_dir, args.sft_steps, args.grpo_steps, args.held_out, problems, args.compile_cache)
+    run_demo(args.output_dir, args.sft_steps, args.grpo_steps, args.held_out, problems, args.quiet,
+             args.compile_cache)
     return 0

@@ -30,6 +30,7 @@ from jaxmath.data.tables import format_table
 from jaxmath.inference.completions import sample_completions
 from jaxmath.inference.config import Sampling, plain_text_stops, round_seed
 from jaxmath.inference.loading import load_for_generation
+from jaxmath.inference.weights import DecodeWeights, prepare_weights
 from jaxmath.models import CausalLM
 from jaxmath.objectives.prm import STEP_AGGREGATIONS, aggregate_step_scores, best_of_n
 from jaxmath.verify import Verifier
@@ -93,11 +94,12 @@ def summary_table(summary: dict[str, dict[str, float]]) -> str:
         for name, row in summary.items()])
 
 
-def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, tokenizer: PreTrainedTokenizerBase,
+def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM | DecodeWeights,
+                       tokenizer: PreTrainedTokenizerBase,
                        fmt: PromptFormat, verifier: Verifier, num_samples: int, sampling: Sampling,
                        eos_ids: Sequence[int], batch_size: int, fallback_last_number: bool = False,
-                       repair_rounds: int = 0, scorer: PRMScorer | None = None, prm_aggregation: str = "min"
-                       ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                       repair_rounds: int = 0, scorer: PRMScorer | None = None, prm_aggregation: str = "min",
+                       quiet: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Metrics for one benchmark and its sample rows (for samples.jsonl). `repair_rounds` > 0 revises failed
     samples with the verifier's feedback (jaxmath.revise) and adds pass@1 after each round; with a PRM
     `scorer`, each row gets its step scores and their `prm_aggregation`, and the metrics prm@N (the
@@ -105,7 +107,8 @@ def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, to
     from jaxmath.revise import check_attempts, repair_metrics, revise, revision_history
 
     prompts = [render_prompt(fmt, r.question, tokenizer) for r in records]
-    completions = sample_completions(model, tokenizer, prompts, num_samples, sampling, eos_ids, batch_size, name)
+    completions = sample_completions(model, tokenizer, prompts, num_samples, sampling, eos_ids, batch_size, name,
+                                     quiet)
     flat = [text for per_problem in completions for text, _ in per_problem]
     golds = [r.answer for r in records for _ in range(num_samples)]
     attempts = check_attempts(flat, golds, fmt, verifier, fallback_last_number=fallback_last_number)
@@ -129,7 +132,7 @@ def evaluate_benchmark(name: str, records: Sequence[Record], model: CausalLM, to
         def respond(conversations: list, round_: int) -> list[str]:
             prompts = [render_messages(c, tokenizer) for c in conversations]
             return [s[0][0] for s in sample_completions(model, tokenizer, prompts, 1, round_seed(sampling, round_),
-                                                        eos_ids, batch_size, f"{name} repair {round_}")]
+                                                        eos_ids, batch_size, f"{name} repair {round_}", quiet)]
 
         histories = revise([r.question for r in records for _ in range(num_samples)], golds, attempts, respond,
                            fmt, verifier, repair_rounds, fallback_last_number=fallback_last_number)
@@ -144,9 +147,10 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
              sampling: Sampling = Sampling(), batch_size: int = 32, limit: int | None = None,
              dtype: str | None = None, tokenizer_path: str | None = None, verifier_workers: int | None = None,
              fallback_last_number: bool = False, repair_rounds: int = 0, prm: str | None = None,
-             prm_aggregation: str = "min") -> dict[str, dict[str, float]]:
+             prm_aggregation: str = "min", quiet: bool = False) -> dict[str, dict[str, float]]:
     """Evaluate a model directory on benchmarks; writes samples.jsonl and summary.json into `out_dir`. With a
-    PRM directory `prm`, samples are also scored by it (in the same prompt format) and prm@N is reported."""
+    PRM directory `prm`, samples are also scored by it (in the same prompt format) and prm@N is reported.
+    `quiet` turns the progress bars off."""
     if num_samples < 1 or batch_size < 1 or repair_rounds < 0:
         raise EvaluationError(f"--num-samples and --batch-size must be >= 1 and --repair-rounds >= 0, got "
                               f"{num_samples}, {batch_size} and {repair_rounds}")
@@ -160,17 +164,18 @@ def evaluate(model_path: str, benchmarks: Sequence[str], out_dir: str | os.PathL
     if prm is not None:
         from jaxmath.prm.scorer import PRMScorer
 
-        scorer = PRMScorer.from_pretrained(prm, fmt, dtype, mesh, batch_size=batch_size)
+        scorer = PRMScorer.from_pretrained(prm, fmt, dtype, mesh, batch_size=batch_size, progress=not quiet)
     sampling = plain_text_stops(sampling, tokenizer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, float]] = {}
     with Verifier(workers=verifier_workers) as verifier, jax.set_mesh(mesh), \
             open(out / "samples.jsonl", "w", encoding="utf-8") as samples:
+        weights = prepare_weights(model)  # the sampler's copy, made once for every benchmark and repair round
         for name, records in problems.items():
-            summary[name], rows = evaluate_benchmark(name, records, model, tokenizer, fmt, verifier, num_samples,
+            summary[name], rows = evaluate_benchmark(name, records, weights, tokenizer, fmt, verifier, num_samples,
                                                      sampling, eos_ids, batch_size, fallback_last_number,
-                                                     repair_rounds, scorer, prm_aggregation)
+                                                     repair_rounds, scorer, prm_aggregation, quiet)
             samples.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             samples.flush()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

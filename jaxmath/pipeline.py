@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import re
 import sys
@@ -21,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from jaxmath.commands import COMMANDS, run_command
-from jaxmath.commands.options import add_compile_cache_argument
+from jaxmath.commands.options import add_compile_cache_argument, add_quiet_argument
 from jaxmath.compilation import ENV_VAR
 from jaxmath.config import ConfigError, load_config
+from jaxmath.progress import configure_logging
 from jaxmath.tracking import LoggingSection, check_wandb, log_pipeline_report
 
 DONE = "stage.json"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +102,14 @@ def _expand(argument: str, stage: Stage, out: Path, names: list[str]) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: places.get(m.group(1), m.group(0)), argument)
 
 
-def run_stage(stage: Stage, out: Path, names: list[str], logging: LoggingSection = LoggingSection()) -> dict[str, Any]:
-    """Run one stage (resuming a training run from its own checkpoints); returns its summary."""
+def run_stage(stage: Stage, out: Path, names: list[str], logging: LoggingSection = LoggingSection(),
+              quiet: bool = False) -> dict[str, Any]:
+    """Run one stage (resuming a training run from its own checkpoints); returns its summary. `quiet` turns
+    progress bars off (a command stage gets --quiet)."""
     (out / stage.name).mkdir(parents=True, exist_ok=True)
     if stage.command is not None:
         argv = [_expand(a, stage, out, names) for a in stage.command]
-        code = run_command(argv)
+        code = run_command(argv + ["--quiet"] if quiet and "--quiet" not in argv else argv)
         if code != 0:
             raise RuntimeError(f"stage {stage.name}: `jaxmath {' '.join(argv)}` exited with {code}")
         return {"command": argv}
@@ -114,7 +119,7 @@ def run_stage(stage: Stage, out: Path, names: list[str], logging: LoggingSection
     if stage.init_from is not None and not (out / stage.init_from / "final_model").is_dir():
         raise FileNotFoundError(f"stage {stage.name}: {out / stage.init_from / 'final_model'} does not exist "
                                 f"(did stage {stage.init_from} export its model? train.export_hf must be true)")
-    return train(config, config.output_dir, resume=True)
+    return train(config, config.output_dir, resume=True, progress=not quiet)
 
 
 def _mark_done(directory: Path, summary: dict[str, Any]) -> None:
@@ -124,8 +129,9 @@ def _mark_done(directory: Path, summary: dict[str, Any]) -> None:
 
 
 def run_pipeline(config: PipelineConfig, output_dir: str | Path | None = None,
-                 from_stage: str | None = None) -> dict[str, dict[str, Any]]:
-    """Run the stages in order, skipping those already done (unless at or after `from_stage`)."""
+                 from_stage: str | None = None, quiet: bool = False) -> dict[str, dict[str, Any]]:
+    """Run the stages in order, skipping those already done (unless at or after `from_stage`); `quiet` turns
+    progress bars off."""
     out = Path(output_dir or config.output_dir)
     names = [s.name for s in config.stages]
     if from_stage is not None and from_stage not in names:
@@ -140,11 +146,13 @@ def run_pipeline(config: PipelineConfig, output_dir: str | Path | None = None,
             marker.unlink()  # rerun it and everything after it
         if marker.exists():
             summaries[stage.name] = json.loads(marker.read_text())
-            print(f"[pipeline] {index + 1}/{len(names)} {stage.name}: done already, skipped", flush=True)
+            log.info("stage %d/%d %s: done already, skipped", index + 1, len(names), stage.name)
             continue
-        print(f"[pipeline] {index + 1}/{len(names)} {stage.name}: running in {out / stage.name}", flush=True)
-        start = time.perf_counter()
-        summary = {**run_stage(stage, out, names, config.logging), "seconds": round(time.perf_counter() - start, 1)}
+        log.info("stage %d/%d %s: running in %s", index + 1, len(names), stage.name, out / stage.name)
+        start, level = time.perf_counter(), logging.getLogger().level
+        summary = {**run_stage(stage, out, names, config.logging, quiet),
+                   "seconds": round(time.perf_counter() - start, 1)}
+        logging.getLogger().setLevel(level)  # a command stage set up logging for itself (its own --quiet)
         _mark_done(out / stage.name, summary)
         summaries[stage.name] = summary
     (out / "pipeline.json").write_text(json.dumps(summaries, indent=2, default=str) + "\n")
@@ -163,16 +171,15 @@ def pipeline_main(argv: list[str] | None = None, prog: str | None = None) -> int
     parser.add_argument("--config", required=True, help="pipeline YAML (see configs/pipeline/)")
     parser.add_argument("--output-dir", default=None, help="pipeline directory (default: the config's output_dir)")
     parser.add_argument("--from-stage", default=None, metavar="NAME", help="rerun this stage and all after it")
+    add_quiet_argument(parser)
     add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
     if args.compile_cache is not None:  # every stage's `auto` (train stages and commands alike) follows the flag
         os.environ[ENV_VAR] = args.compile_cache
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    configure_logging(args.quiet)
     try:
-        summaries = run_pipeline(load_config(PipelineConfig, args.config), args.output_dir, args.from_stage)
+        summaries = run_pipeline(load_config(PipelineConfig, args.config), args.output_dir, args.from_stage,
+                                 args.quiet)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:  # Training/TrackingError: RuntimeErrors
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ attempt + feedback -> verified revision into SFT records and DPO pairs. The foll
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable, Sequence
 
 from jaxmath.data.formats import PromptFormat
@@ -20,6 +21,9 @@ from jaxmath.verify.verdict import Outcome, Verdict
 Respond = Callable[[list[list[dict[str, str]]], int], list[str]]  # (conversations, round) -> one completion each
 ERROR_CHARS = 1500  # the tail of a sandbox error that feedback quotes
 ANSWER_CHARS = 200  # the head of a wrong answer that feedback quotes
+log = logging.getLogger(__name__)
+
+
 @dataclasses.dataclass(frozen=True)
 class Attempt:
     """One graded completion; for programs also what ran and how the sandbox ended it."""
@@ -81,7 +85,7 @@ def revision_messages(fmt: PromptFormat, question: str, attempts: Sequence[Attem
 
 def revise(questions: Sequence[str], golds: Sequence[str], first: Sequence[Attempt], respond: Respond,
            fmt: PromptFormat, verifier: Verifier, rounds: int, *, fallback_last_number: bool = False,
-           timeout: float | None = None, progress: Callable[[str], None] | None = None) -> list[list[Attempt]]:
+           timeout: float | None = None) -> list[list[Attempt]]:
     """Each sample's attempts: `first`, then one revision per round until it verifies or `rounds` are done.
 
     `respond(conversations, round)` gets the conversations of the samples still failing and returns one
@@ -103,9 +107,8 @@ def revise(questions: Sequence[str], golds: Sequence[str], first: Sequence[Attem
                                   fallback_last_number=fallback_last_number, timeout=timeout)
         for i, attempt in zip(failing, attempts):
             histories[i].append(attempt)
-        if progress is not None:
-            progress(f"[revise] round {round_}/{rounds}: {sum(a.correct for a in attempts)} of {len(failing)} "
-                     "failing samples now verify")
+        log.info("revision round %d/%d: %d of %d failing samples now verify", round_, rounds,
+                 sum(a.correct for a in attempts), len(failing))
     return histories
 
 

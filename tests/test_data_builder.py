@@ -39,12 +39,14 @@ def test_cli_builds_dedups_decontaminates_and_reports(tmp_path, capsys):
     assert dropped["id"] == "gsm8k-train-4" and dropped["eval_set"] == "gsm8k" and dropped["eval_id"] == "gsm8k-test-1"
     # 27 words -> 23 five-grams; only the last holds "altogether" (the test item says "in all"): 22/23 shared.
     assert dropped["overlap"] == round(22 / 23, 4)
-    err = capsys.readouterr().err
-    assert "[1/4] collecting records" in err and "[4/4] writing" in err
-    gsm8k_row = next(line for line in err.splitlines() if line.startswith("gsm8k "))
+    printed = capsys.readouterr()
+    assert "[1/4] collecting records" in printed.err and "[4/4] writing" in printed.err  # logged
+    # the report is the command's output: the per-source table and the rows each evaluation set removed
+    gsm8k_row = next(line for line in printed.out.splitlines() if line.startswith("gsm8k "))
     assert gsm8k_row.split() == ["gsm8k", "4", "0", "0", "1", "1", "2"]
+    assert f"wrote 7 records to {out}" in printed.out
     # the fixture folder holds these benchmarks' test files: each is checked, gsm8k removed the one row
-    assert printed_removed(err) == {"gsm8k": ["2", "1"], "math500": ["2", "0"], "svamp": ["2", "0"],
+    assert printed_removed(printed.out) == {"gsm8k": ["2", "1"], "math500": ["2", "0"], "svamp": ["2", "0"],
                                     "asdiv": ["2", "0"], "aqua": ["2", "0"], "mawps": ["2", "0"],
                                     "total": ["12", "1"]}
 
@@ -127,8 +129,8 @@ def test_help_names_the_command_it_was_invoked_as(capsys):
 
 def test_threshold_controls_what_counts_as_contaminated(tmp_path):
     config = dict(output=str(tmp_path / "o.jsonl"), sources=["gsm8k"], data_dir=FIXTURES, ngram=5)
-    assert len(build(BuildConfig(**config, threshold=0.95), progress=None).dropped) == 1  # overlap 22/23
-    assert build(BuildConfig(**config, threshold=0.96), progress=None).dropped == []
+    assert len(build(BuildConfig(**config, threshold=0.95), quiet=True).dropped) == 1  # overlap 22/23
+    assert build(BuildConfig(**config, threshold=0.96), quiet=True).dropped == []
 
 
 def test_bad_rows_skip_with_one_warning_and_strict_names_the_line(tmp_path, capsys):
@@ -154,12 +156,12 @@ def test_over_length_records_are_skipped_and_counted(tmp_path):
     config = BuildConfig(output=str(tmp_path / "o.jsonl"), sources=["gsm8k"], data_dir=FIXTURES,
                          tokenizer=str(tmp_path / "tok"), max_tokens=longest - 1)
     with pytest.warns(BadRowWarning, match="over-length: 1"):
-        result = build(config, progress=None)
+        result = build(config, quiet=True)
     assert result.stats["gsm8k"].over_length == 1 and result.written == 2
 
 
 def test_ta_samples_spread_over_the_indicators(tmp_path):
-    result = build(BuildConfig(output=str(tmp_path / "o.jsonl"), ta_samples=10), progress=None)
+    result = build(BuildConfig(output=str(tmp_path / "o.jsonl"), ta_samples=10), quiet=True)
     assert result.written == 10 and len(result.stats) == 10
     assert all(name.startswith("synthetic/ta__") for name in result.stats)
 

@@ -63,7 +63,7 @@ def test_default_decontamination_removes_what_each_fixture_row_was_written_to_co
     assert expected == {"gsm8k": 2, "svamp": 1, "minerva_math": 1, "amc23": 1}
     out = tmp_path / "train.jsonl"
     result = build(BuildConfig(output=str(out), data_dir=DATA, inputs=[(TRAIN, TRAIN_LAYOUT)],
-                               dropped_report=str(tmp_path / "dropped.jsonl")), progress=None)
+                               dropped_report=str(tmp_path / "dropped.jsonl")), quiet=True)
     assert result.removed == {"gsm8k": 2, "svamp": 1, "minerva_math": 1, "amc23": 1}
     assert result.eval_sets == {"gsm8k": 2, "svamp": 2, "minerva_math": 1, "amc23": 2}
     with open(out, encoding="utf-8") as handle:
@@ -74,16 +74,16 @@ def test_default_decontamination_removes_what_each_fixture_row_was_written_to_co
     # the CLI prints the same counts, and an explicit set adds to the default ones
     assert main(["build", "--output", str(out), "--data-dir", DATA, "--input", TRAIN, "--field-map",
                  "question=question,answer=answer", "--decontaminate", EXTRA]) == 0
-    assert printed_removed(capsys.readouterr().err) == {"gsm8k": ["2", "2"], "svamp": ["2", "1"],
+    assert printed_removed(capsys.readouterr().out) == {"gsm8k": ["2", "2"], "svamp": ["2", "1"],
                                                         "minerva_math": ["1", "1"], "amc23": ["2", "1"],
                                                         EXTRA: ["1", "1"], "total": ["8", "6"]}
 
 
 def test_without_local_benchmarks_nothing_is_checked(tmp_path):
-    result = build(BuildConfig(output=str(tmp_path / "o.jsonl"), inputs=[(TRAIN, TRAIN_LAYOUT)]), progress=None)
+    result = build(BuildConfig(output=str(tmp_path / "o.jsonl"), inputs=[(TRAIN, TRAIN_LAYOUT)]), quiet=True)
     assert result.written == len(_train_rows()) and result.eval_sets == {} and result.dropped == []
     result = build(BuildConfig(output=str(tmp_path / "o.jsonl"), data_dir=DATA, inputs=[(TRAIN, TRAIN_LAYOUT)],
-                               decontaminate_local_benchmarks=False), progress=None)
+                               decontaminate_local_benchmarks=False), quiet=True)
     assert result.written == len(_train_rows())
 
 

@@ -143,7 +143,7 @@ def test_cli_reads_eval_samples_with_benchmark_questions(tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and {r["kind"] for r in rows} == {"correct_incorrect", "concise_verbose"}
     assert rows[0]["question"] == "Tom has 9 boxes with 2 pens in each box. How many pens does he have?"
-    assert "2 pairs (correct_incorrect 1, concise_verbose 1) from 1 questions" in capsys.readouterr().err
+    assert "2 pairs (correct_incorrect 1, concise_verbose 1) from 1 questions" in capsys.readouterr().out
     assert data_main(["pairs", "--input", str(tmp_path / "missing.jsonl"), "--output", str(out)]) == 1
     capsys.readouterr()
     # without the opt-in, benchmark samples (GSM8K's test questions here) are refused
@@ -172,7 +172,7 @@ def test_labelled_model_solutions_are_read_directly(tmp_path, capsys):
         ("correct_incorrect", short, wrong), ("correct_incorrect", long, wrong), ("concise_verbose", short, long)}
     assert {r["question"] for r in rows} == {first["question"]}
     assert ("3 pairs (correct_incorrect 2, concise_verbose 1) from 2 questions; 1 questions gave none; "
-            "1 duplicate") in capsys.readouterr().err
+            "1 duplicate") in capsys.readouterr().out
 
 
 def test_pairs_drop_questions_of_the_benchmarks_under_data_dir(tmp_path, capsys):
@@ -180,11 +180,11 @@ def test_pairs_drop_questions_of_the_benchmarks_under_data_dir(tmp_path, capsys)
     with pytest.warns(BadRowWarning):
         assert data_main(["pairs", "--input", str(MODEL_SOLUTIONS), "--output", str(out),
                           "--data-dir", str(FIXTURES / "decontamination")]) == 0
-    err = capsys.readouterr().err
+    printed = capsys.readouterr().out
     # question 2 is a GSM8K test question of that folder, question 1 is no benchmark's
-    assert printed_removed(err) == {"gsm8k": ["2", "1"], "svamp": ["2", "0"], "minerva_math": ["1", "0"],
+    assert printed_removed(printed) == {"gsm8k": ["2", "1"], "svamp": ["2", "0"], "minerva_math": ["1", "0"],
                                     "amc23": ["2", "0"], "total": ["7", "1"]}
-    assert "3 pairs (correct_incorrect 2, concise_verbose 1) from 1 questions; 0 questions gave none" in err
+    assert "3 pairs (correct_incorrect 2, concise_verbose 1) from 1 questions; 0 questions gave none" in printed
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),

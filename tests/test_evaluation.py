@@ -101,7 +101,8 @@ def test_evaluate_cli_end_to_end(model_dir, tmp_path, capsys):
     code = main(["--model", str(model_dir), "--benchmarks", "gsm8k", "math500", "--data-dir", str(FIXTURES),
                  "--num-samples", "4", "--temperature", "1.0", "--max-new-tokens", "16", "--batch-size", "8",
                  "--verifier-workers", "1", "--seed", "3", "--out", str(out)])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed, shown = captured.out, captured.err
     assert code == 0
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == (2 + 1) * 4
@@ -122,7 +123,7 @@ def test_evaluate_cli_end_to_end(model_dir, tmp_path, capsys):
     assert summary["gsm8k"]["pass@2"] == pytest.approx(
         sum(1 - comb(4 - c, 2) / comb(4, 2) for c in counts) / 2, abs=1e-6)
     assert summary["math500"] == {"pass@1": 0.0, "maj@4": 0.0, "pass@2": 0.0, "pass@4": 0.0, "n": 1}
-    assert "tok/s" in printed and "maj@4" in printed
+    assert "maj@4" in printed and "gsm8k: 100%" in shown and "8/8" in shown and "tok_s=" in shown  # 2 x 4 samples
 
 
 def test_missing_benchmark_or_data_dir_lists_what_exists(model_dir, tmp_path, capsys):

@@ -141,7 +141,7 @@ def test_sampler_logprobs_equal_the_loss_forward(tmp_path):
     from jaxmath.data.formats import get_format
     from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
     from jaxmath.models.transformer import build_model
-    from jaxmath.train.rl import sample
+    from jaxmath.train.rl import rollout_weights, sample
     from jaxmath.train.step import to_global
     from jaxmath.train.trainer import build_rl_run
 
@@ -152,7 +152,7 @@ def test_sampler_logprobs_equal_the_loss_forward(tmp_path):
     prompts = next(iter(rl_prompt_pipeline(rl.run.train_records, rl.run.tokenizer, get_format("boxed"),
                                            max_prompt_len=80, prompts_per_batch=4, group_size=4,
                                            options=PipelineOptions(seed=0, num_epochs=None))))
-    rollout = sample(rl, params, prompts, seed=7)
+    rollout = sample(rl, rollout_weights(rl, params), prompts, seed=7)
     assert rollout["lengths"].min() >= 1 and rollout["tokens"].shape == (16, 12)
     batch = train_batch(prompts["input_ids"], prompts["attention_mask"], rollout["tokens"], rollout["lengths"],
                         rollout["logprobs"], np.zeros(16), np.ones(16))

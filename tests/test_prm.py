@@ -148,7 +148,7 @@ def test_monte_carlo_labels_follow_the_rollouts(tmp_path):
                  {"question": "How many boxes?", "solution": "First add.\n\nThen check.\nFinally round.",
                   "answer": "28"},
                  {"question": "Nothing?", "solution": "```python\n```", "answer": "1"}]
-    sampling = Sampling(max_new_tokens=16, temperature=1.0, seed=11)
+    sampling = Sampling(max_new_tokens=16, temperature=1.0, seed=13)
     eos = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     with Verifier(workers=1) as verifier:
         rows = monte_carlo_labels(policy, tokenizer, FMT, solutions, verifier, rollouts=3, sampling=sampling,

@@ -116,7 +116,9 @@ def test_synthesize_keeps_only_verified_programs_and_reruns_from_the_cache(serve
     # 6 problems x 2 samples; nocode has nothing to run; correct/flaky/busy verify (both samples each)
     assert summary == {"problems": 6, "asked": 12, "cached": 0, "ran": 10, "verified": 6, "kept": 3,
                        "sandbox_layers": list(shared_sandbox().layers)}
-    assert "[synthesize] 4/6 problems" in captured.err and "[synthesize] 6/6 problems" in captured.err
+    # the bar: problems done of all, rate, and the counts so far
+    assert "synthesize: 100%" in captured.err and "6/6" in captured.err and "problem/s" in captured.err
+    assert "asked=12, cached=0, ran=10, verified=6, kept=3" in captured.err
     assert "HTTP 503: warming up; retry 1/6" in captured.err and "HTTP 429: rate limited" in captured.err
 
     records = read_records(out)
@@ -225,7 +227,7 @@ def conversations(*questions):
     return [[{"role": "system", "content": "s"}, {"role": "user", "content": q}] for q in questions]
 
 
-def test_cache_asks_only_for_missing_samples_and_survives_a_torn_line(tmp_path, capsys):
+def test_cache_asks_only_for_missing_samples_and_survives_a_torn_line(tmp_path, caplog):
     path, teacher, sampling = tmp_path / "cache.jsonl", FakeTeacher(), Sampling(temperature=0.7)
     with CompletionCache(path) as cache:
         counts = AskCounts()
@@ -234,7 +236,7 @@ def test_cache_asks_only_for_missing_samples_and_survives_a_torn_line(tmp_path, 
     with open(path, "ab") as handle:
         handle.write(b'{"key": "abc", "completion": "to')  # a crash mid-write
     with CompletionCache(path) as cache:
-        assert "ignoring a torn last line" in capsys.readouterr().err and len(cache) == 4
+        assert "ignoring a torn last line" in caplog.text and len(cache) == 4
         counts, teacher.asked = AskCounts(), []
         out = ask(teacher, conversations("a", "b", "c"), 3, sampling, cache, counts)
         assert out == [["a#0", "a#1", "a#2"], ["b#0", "b#1", "b#2"], ["c#0", "c#1", "c#2"]]
@@ -342,7 +344,8 @@ def test_config_file_flags_and_environment_fallbacks(server, tmp_path, monkeypat
     config.write_text(f"input: ['{problems}']\noutput: '{tmp_path / 'b.jsonl'}'\nverifier_workers: 1\n")
     assert data_main(["synthesize", "--config", str(config), "--quiet"]) == 0
     assert (server.requests[-1]["auth"], server.requests[-1]["body"]["model"]) == ("Bearer sk-openai", "env-model")
-    assert "[synthesize]" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "synthesize:" not in err and "1/1" not in err  # no bar
 
 
 def test_sampling_settings_nest_under_sampling_and_flat_keys_show_the_new_spelling(tmp_path):

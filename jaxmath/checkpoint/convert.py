@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 import jax
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from jaxmath.checkpoint.hf_io import (CheckpointError, HFCheckpointReader, TensorSpec, atomic_directory,
                                       numpy_dtype, parse_size, write_safetensors_shards)
@@ -28,6 +27,7 @@ from jaxmath.checkpoint.orbax_io import HostArraySource, leaf
 from jaxmath.models.config import ModelConfig
 from jaxmath.models.lora import merge_lora
 from jaxmath.models.transformer import build_model
+from jaxmath.progress import progress_bar
 
 PathTuple = tuple[str, ...]
 T = TypeVar("T")
@@ -107,8 +107,8 @@ def hf_sources(reader: HFCheckpointReader, config: ModelConfig, dtype: str,
     target = numpy_dtype(dtype)
     shapes = expected_shapes(config)
     rules = validate_hf_checkpoint(reader, config, shapes)
-    bar = tqdm(total=sum(len(r.hf_names(config)) for r in rules), desc="HF -> JAX", unit="tensor",
-               disable=not progress)
+    bar = progress_bar(total=sum(len(r.hf_names(config)) for r in rules), desc="HF -> JAX", unit="tensor",
+                       quiet=not progress)
 
     def produce(rule: Rule, out: np.ndarray | None) -> np.ndarray:
         array = np.empty(shapes[rule.jax_path], target) if out is None else out
@@ -165,8 +165,8 @@ def iter_jax_to_hf(params: Mapping[str, Any], config: ModelConfig, dtype: str,
     to the host (or loaded, for a `HostArraySource`) while the previous one is being consumed."""
     target = numpy_dtype(dtype)
     rules = rules_for(config)
-    bar = tqdm(total=sum(len(r.hf_names(config)) for r in rules), desc="JAX -> HF", unit="tensor",
-               disable=not progress)
+    bar = progress_bar(total=sum(len(r.hf_names(config)) for r in rules), desc="JAX -> HF", unit="tensor",
+                       quiet=not progress)
     loaders = [functools.partial(to_host, leaf(params, rule.jax_path)) for rule in rules]
     for rule, value in zip(rules, prefetched(loaders)):
         for i, name in enumerate(rule.hf_names(config)):

@@ -6,7 +6,8 @@ import sys
 import time
 from typing import Callable
 
-from jaxmath.commands.options import DTYPE_CHOICES
+from jaxmath.commands.options import DTYPE_CHOICES, add_quiet_argument
+from jaxmath.progress import configure_logging
 
 
 def hf_to_jax_main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -20,9 +21,11 @@ def hf_to_jax_main(argv: list[str] | None = None, prog: str | None = None) -> in
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="parameter dtype to store (default: the checkpoint's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_quiet_argument(parser)
     args = parser.parse_args(argv)
+    configure_logging(args.quiet)
     return _timed(lambda: convert_hf_to_jax(args.hf, args.out, dtype=args.dtype, overwrite=args.overwrite,
-                                            progress=True),
+                                            progress=not args.quiet),
                   (CheckpointError, UnsupportedConfigError, FileExistsError))
 
 
@@ -37,9 +40,11 @@ def jax_to_hf_main(argv: list[str] | None = None, prog: str | None = None) -> in
                         help="dtype of the exported tensors (default: the checkpoint's parameter dtype)")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB or 500MB")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_quiet_argument(parser)
     args = parser.parse_args(argv)
+    configure_logging(args.quiet)
     return _timed(lambda: export_to_hf(args.ckpt, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                                       overwrite=args.overwrite, progress=True),
+                                       overwrite=args.overwrite, progress=not args.quiet),
                   (CheckpointError, FileExistsError, ValueError))
 
 

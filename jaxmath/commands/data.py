@@ -14,18 +14,21 @@ completions (pairs); keep generated solutions that are correct and that a PRM ra
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from jaxmath.data.benchmarks import evaluation_splits
-from jaxmath.data.builder import BuildConfig, build
+from jaxmath.data.builder import BuildConfig, build, build_summary
 from jaxmath.data.decontaminate import NGRAM, THRESHOLD
 from jaxmath.data.formats import FORMATS
 from jaxmath.data.readers import BadRowError, FieldMap
 from jaxmath.data.sources import SOURCES, SourceError, describe_sources
-from jaxmath.commands.options import DTYPE_CHOICES, PRM_AGGREGATIONS
+from jaxmath.commands.options import DTYPE_CHOICES, PRM_AGGREGATIONS, add_quiet_argument
 from jaxmath.commands.synthesis import add_revise_parser, add_synthesize_parser
 from jaxmath.commands.synthesis import run as run_synthesis
+from jaxmath.progress import configure_logging
 
+log = logging.getLogger(__name__)
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
@@ -91,7 +94,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                      help="skip records whose question + solution exceed N tokens")
     flt.add_argument("--strict", action="store_true", help="stop at the first bad row, naming its file and line")
     b.add_argument("--seed", type=int, default=0, help="seed for sampling and the generators")
-    b.add_argument("--quiet", action="store_true", help="no progress output")
+    add_quiet_argument(b)
     add_synthesize_parser(commands)
     add_revise_parser(commands)
     f = commands.add_parser("prm-filter", help="keep correct solutions that a PRM scores above a threshold",
@@ -112,6 +115,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                    help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     f.add_argument("--verifier-workers", type=int, default=None,
                    help="grading processes for rows without a verdict (default: CPU cores)")
+    add_quiet_argument(f)
     _pairs_parser(commands)
     return parser
 
@@ -129,9 +133,10 @@ def prm_filter_main(args: argparse.Namespace) -> int:
 
     try:
         located = list(file_rows(args.input, SkipLog(strict=True)))
-        print(f"read {len(located)} solutions from {args.input}", file=sys.stderr, flush=True)
+        log.info("read %d solutions from %s", len(located), args.input)
         mesh = make_mesh()
-        scorer = PRMScorer.from_pretrained(args.prm, args.format, args.dtype, mesh, batch_size=args.batch_size)
+        scorer = PRMScorer.from_pretrained(args.prm, args.format, args.dtype, mesh, batch_size=args.batch_size,
+                                           progress=not args.quiet)
         with Verifier(workers=args.verifier_workers) as verifier, jax.set_mesh(mesh):
             result = prm_filter([r.row for r in located], scorer, threshold=args.threshold, how=args.aggregation,
                                 verifier=verifier, names=[r.where for r in located])
@@ -173,6 +178,7 @@ def _pairs_parser(commands: argparse._SubParsersAction) -> None:
                    help="a verbose solution is at least this many times as long as the concise one")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--strict", action="store_true", help="stop at the first bad row, naming its file and line")
+    add_quiet_argument(p)
 
 
 def _pairs(args: argparse.Namespace) -> None:
@@ -192,11 +198,11 @@ def _pairs(args: argparse.Namespace) -> None:
         index, sizes = build_index(eval_sets, NGRAM, args.data_dir)
         questions, removed = drop_contaminated(questions, index, THRESHOLD)
         print(f"decontamination ({NGRAM}-grams, threshold {THRESHOLD}), questions removed per evaluation set:\n"
-              + format_removed(sizes, removed), file=sys.stderr)
-    pairs, stats = build_pairs(questions, config)
+              + format_removed(sizes, removed))
+    pairs, stats = build_pairs(questions, config, quiet=args.quiet)
     skips.warn()
     write_records(pairs, args.output)
-    print(f"wrote {args.output}: {stats.summary()}", file=sys.stderr)
+    print(f"wrote {args.output}: {stats.summary()}")
 
 
 def parse_splits(items: list[str]) -> tuple[str | None, dict[str, str]]:
@@ -240,6 +246,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Entry point of `jaxmath data`; returns the exit status."""
     parser = _parser(prog or "jaxmath data")
     args = parser.parse_args(argv)
+    configure_logging(getattr(args, "quiet", False))
     if args.command in ("synthesize", "revise"):
         return run_synthesis(args)
     if args.command == "prm-filter":
@@ -272,8 +279,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         config = _config(args)
         if not (config.sources or config.inputs or config.generators or config.ta_samples):
             parser.error("nothing to build: give --hf-datasets, --input, --include-synthetic or --ta-samples")
-        build(config, progress=None if args.quiet else lambda m: print(m, file=sys.stderr, flush=True))
+        result = build(config, quiet=args.quiet)
     except (SourceError, BadRowError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    print(build_summary(config, result))
     return 0

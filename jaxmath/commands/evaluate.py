@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from jaxmath.commands.options import (DTYPE_CHOICES, PRM_AGGREGATIONS, add_compile_cache_argument,
-                                      add_sampling_arguments, sampling_from_args)
+                                      add_quiet_argument, add_sampling_arguments, sampling_from_args)
 from jaxmath.inference.config import Sampling
+from jaxmath.progress import configure_logging
 
 
 def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -55,8 +56,10 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         help="fail at start unless the program sandbox (--format pot runs each program there) gets "
                              f"these isolation layers on this machine (layers: {', '.join(LAYERS)})")
     parser.add_argument("--out", required=True, help="output directory for samples.jsonl and summary.json")
+    add_quiet_argument(parser)
     add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
+    configure_logging(args.quiet)
     if (args.select == "prm") != (args.prm is not None):
         parser.error("--select prm and --prm PATH go together")
     if args.num_samples > 1 and args.temperature == 0.0:
@@ -75,7 +78,8 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
             require_layers(args.require_sandbox)
         summary = evaluate(args.model, args.benchmarks, args.out, args.data_dir, args.format, args.num_samples,
                            sampling, args.batch_size, args.limit, args.dtype, args.tokenizer, args.verifier_workers,
-                           args.fallback_last_number, args.repair_rounds, args.prm, args.prm_aggregation)
+                           args.fallback_last_number, args.repair_rounds, args.prm, args.prm_aggregation,
+                           quiet=args.quiet)
     except (EvaluationError, SourceError, CheckpointError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -5,9 +5,10 @@ import argparse
 import sys
 import time
 
-from jaxmath.commands.options import (DTYPE_CHOICES, add_compile_cache_argument, add_sampling_arguments,
-                                      sampling_from_args)
+from jaxmath.commands.options import (DTYPE_CHOICES, add_compile_cache_argument, add_quiet_argument,
+                                      add_sampling_arguments, sampling_from_args)
 from jaxmath.inference.config import Sampling
+from jaxmath.progress import configure_logging
 
 
 def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -26,8 +27,10 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    add_quiet_argument(parser)
     add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
+    configure_logging(args.quiet)
     import jax
 
     from jaxmath.compilation import enable_compile_cache
@@ -49,7 +52,7 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int
         start = time.perf_counter()
         with jax.set_mesh(mesh):
             results = sample_completions(model, tokenizer, prompts, args.num_samples, sampling, eos_ids,
-                                         batch_size=len(prompts) * args.num_samples)
+                                         batch_size=len(prompts) * args.num_samples, quiet=args.quiet)
     except (CheckpointError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,5 +1,5 @@
-"""Flags more than one command takes: model dtypes, the decoding flags (one per `Sampling` field) and the XLA
-compilation cache."""
+"""Flags more than one command takes: model dtypes, the decoding flags (one per `Sampling` field), --quiet
+and the XLA compilation cache."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +39,12 @@ def sampling_from_args(args: argparse.Namespace) -> Sampling:
     """The `Sampling` the decoding flags describe."""
     values = {field: getattr(args, dest) for dest, field in SAMPLING_FLAGS.items()}
     return Sampling(**{**values, "stop_strings": tuple(values["stop_strings"])})
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
+    """--quiet: no progress bars and no INFO logs (warnings and errors only); the command's result still prints."""
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars or progress logs, only warnings, errors and the result")
 
 
 def add_compile_cache_argument(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+
+from jaxmath.commands.options import add_quiet_argument
+from jaxmath.progress import configure_logging
 
 
 def push_main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -17,8 +21,11 @@ def push_main(argv: list[str] | None = None, prog: str | None = None) -> int:
                              "parent when it holds config.yaml)")
     parser.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN or `hf auth login`)")
     parser.add_argument("--dry-run", action="store_true", help="print the files and the model card; upload nothing")
+    add_quiet_argument(parser)
     args = parser.parse_args(argv)
+    configure_logging(args.quiet)
     from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import disable_progress_bars
 
     from jaxmath.train.publish import PublishError, check_repo_id, model_card, push_to_hub, upload_files
 
@@ -29,7 +36,8 @@ def push_main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(model_card(args.model, args.repo, args.run_dir))
             print(f"--- would upload to {args.repo}: {', '.join(files)}, README.md")
             return 0
-        print(f"pushed: {push_to_hub(args.model, args.repo, args.private, args.run_dir, args.token)}")
+        with disable_progress_bars() if args.quiet else contextlib.nullcontext():  # the upload's own bars
+            print(f"pushed: {push_to_hub(args.model, args.repo, args.private, args.run_dir, args.token)}")
     except (PublishError, ValueError, OSError, HfHubHTTPError) as err:  # OSError: also offline mode
         print(f"error: {err}", file=sys.stderr)
         return 1

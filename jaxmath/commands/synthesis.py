@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from jaxmath.config import ConfigError, apply_overrides, from_dict
-from jaxmath.commands.options import DTYPE_CHOICES, SAMPLING_FLAGS, add_sampling_arguments
+from jaxmath.commands.options import DTYPE_CHOICES, SAMPLING_FLAGS, add_quiet_argument, add_sampling_arguments
 from jaxmath.data.formats import FORMATS
 from jaxmath.synthesis.config import GenerationConfig
 from jaxmath.synthesis.teacher import API_KEY_ENV, BASE_URL_ENV, MODEL_ENV, TeacherError
@@ -62,7 +62,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                       help="fail at start unless the program sandbox gets these isolation layers on this machine "
                            f"(config sandbox.require; layers: {', '.join(LAYERS)})")
     data.add_argument("--verifier-workers", type=int, default=None, help="grading processes (default: CPU cores)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_quiet_argument(parser)
 
 
 def add_synthesize_parser(commands: Any) -> None:
@@ -71,7 +71,7 @@ def add_synthesize_parser(commands: Any) -> None:
         "Ask a teacher (an OpenAI-compatible endpoint or a checkpoint) for solutions to each problem, run each "
         "program in the sandbox, grade its value against the gold answer, and write the verified, distinct "
         "ones as SFT records (train on them with data.format: pot). Completions are cached: a re-run asks "
-        "nothing twice and a crashed run resumes. Prints progress and a summary (asked, cached, ran, verified, "
+        "nothing twice and a crashed run resumes. Shows a progress bar and prints a summary (asked, cached, ran, verified, "
         "kept)."))
     add_common_arguments(parser)
     parser.add_argument("--output", default=None, help="output JSONL of SFT records (written atomically)")
@@ -125,20 +125,19 @@ def run(args: argparse.Namespace) -> int:
     """Run `synthesize` or `revise` from parsed arguments; prints the summary as JSON."""
     from jaxmath.data.readers import BadRowError
     from jaxmath.synthesis.config import RevisionConfig, SynthesisConfig
-    from jaxmath.synthesis.synthesize import stderr_progress
 
     try:
         if args.command == "synthesize":
             from jaxmath.synthesis.synthesize import synthesize
 
             config = config_from_args(args, SynthesisConfig)
-            summary = synthesize(config, None if args.quiet else stderr_progress)
+            summary = synthesize(config, quiet=args.quiet)
             where = config.output
         else:
             from jaxmath.synthesis.revisions import build_revisions
 
             config = config_from_args(args, RevisionConfig)
-            summary = build_revisions(config, None if args.quiet else stderr_progress)
+            summary = build_revisions(config, quiet=args.quiet)
             where = config.output_dir
     except (ConfigError, TeacherError, BadRowError, FileNotFoundError, ValueError, SandboxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)

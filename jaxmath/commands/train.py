@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxmath.commands.options import add_compile_cache_argument
+from jaxmath.commands.options import add_compile_cache_argument, add_quiet_argument
+from jaxmath.progress import configure_logging
 
 
 def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Train (or resume, or dry-run) a run described by a YAML config plus dotted overrides."""
     import json
-    import logging
 
     from jaxmath.config import ConfigError, load_config
 
@@ -25,14 +25,14 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
                              "table of every remat option and the one training would take); loads no weights")
     parser.add_argument("--wandb-project", default=None, metavar="NAME",
                         help="log to this Weights & Biases project (sets logging.wandb.project)")
+    add_quiet_argument(parser)
     add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
     if args.compile_cache is not None:  # the flag beats the config's train.compile_cache
         args.set.append(f"train.compile_cache={json.dumps(args.compile_cache)}")
     if args.wandb_project is not None:
         args.set.insert(0, f"logging.wandb.project={json.dumps(args.wandb_project)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every array it writes at INFO
+    configure_logging(args.quiet)
     from jaxmath.tracking import TrackingError
     from jaxmath.train.config import TrainConfig
     from jaxmath.train.publish import PublishError
@@ -48,7 +48,7 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 print(format_options(report["remat_options"]))
             print(json.dumps(report, indent=2))
             return 0
-        print(json.dumps(train(config, args.output_dir, resume=args.resume), indent=2))
+        print(json.dumps(train(config, args.output_dir, resume=args.resume, progress=not args.quiet), indent=2))
     except (ConfigError, TrainingError, FileNotFoundError, ValueError, SandboxUnavailable, TrackingError,
             PublishError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
+import logging
 import os
 import random
-import sys
 import time
 import warnings
 from typing import Callable, Iterable, Mapping, Sequence
@@ -29,8 +30,11 @@ from jaxmath.data.readers import FieldMap, SkipLog, read_records, write_records
 from jaxmath.data.schema import BadRow, Record
 from jaxmath.data.sources import SOURCES, SourceError, load_source, local_files, local_splits
 from jaxmath.data.tables import format_table
+from jaxmath.progress import progress_bar
 
-Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
+
+
 class EvalSplitWarning(UserWarning):
     """A build reads a split that an evaluation benchmark scores, because it was asked to."""
 
@@ -129,6 +133,7 @@ class BuildResult:
     dropped: list[Dropped]
     skips: SkipLog
     eval_sets: dict[str, int] = dataclasses.field(default_factory=dict)  # checked against: questions in each
+    seconds: float = 0.0  # how long the build took
 
     @property
     def removed(self) -> dict[str, int]:
@@ -195,31 +200,28 @@ class Group:
     bad: int = 0
 
 
-def read_groups(config: BuildConfig, skips: SkipLog, say: Progress) -> list[Group]:
+def read_groups(config: BuildConfig, skips: SkipLog, quiet: bool = False) -> list[Group]:
     """Records of every configured source, input file and generator, grouped by where they came from."""
-    groups: list[Group] = []
-
-    def add(name: str, read: Callable[[], list[Record]]) -> None:
-        start, bad_before = time.perf_counter(), skips.total
-        records = read()
-        chosen = subsample(records, config.samples_per_source, config.seed)
-        bad = skips.total - bad_before
-        say(f"  {name}: {len(records)} records ({bad} bad rows skipped), kept {len(chosen)} "
-            f"({time.perf_counter() - start:.1f}s)")
-        groups.append(Group(name, chosen, bad))
-
+    reads: list[tuple[str, Callable[[], list[Record]], bool]] = []  # (name, read, subsampled)
     for name in config.sources:
-        add(name, lambda: load_source(name, config.split_of(name), config.data_dir, skips=skips))
+        reads.append((name, functools.partial(load_source, name, config.split_of(name), config.data_dir,
+                                              skips=skips), True))
     for path, field_map in config.inputs:
         name = os.path.splitext(os.path.basename(path))[0]
-        add(name, lambda: read_records(path, field_map, source=name, skips=skips))
+        reads.append((name, functools.partial(read_records, path, field_map, source=name, skips=skips), True))
     counts = {**split_evenly(config.synthetic_samples, list(config.generators)),
               **split_evenly(config.ta_samples, generators.generator_names(generators.TA_FAMILY))}
-    for name, n in counts.items():
-        if n:
-            start = time.perf_counter()
-            groups.append(Group(f"synthetic/{name}", generators.generate(name, n, config.seed)))
-            say(f"  generated {n} x {name} ({time.perf_counter() - start:.1f}s)")
+    reads += [(f"synthetic/{name}", functools.partial(generators.generate, name, n, config.seed), False)
+              for name, n in counts.items() if n]
+    groups: list[Group] = []
+    for name, read, subsampled in progress_bar(reads, desc="collect", unit="source", quiet=quiet):
+        start, bad_before = time.perf_counter(), skips.total
+        records = read()
+        chosen = subsample(records, config.samples_per_source, config.seed) if subsampled else records
+        bad = skips.total - bad_before
+        log.info("%s: %d records (%d bad rows skipped), kept %d (%.1fs)", name, len(records), bad, len(chosen),
+                 time.perf_counter() - start)
+        groups.append(Group(name, chosen, bad))
     return groups
 
 
@@ -253,46 +255,45 @@ def source_table(stats: dict[str, SourceStats]) -> str:
                                                   for name, s in [*stats.items(), ("total", total)]], total=True)
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def build(config: BuildConfig, progress: Progress | None = _stderr) -> BuildResult:
-    """Run every stage and write `config.output`; returns the counts and what decontamination dropped."""
-    say = progress or (lambda message: None)
+def build(config: BuildConfig, quiet: bool = False) -> BuildResult:
+    """Run every stage and write `config.output`, with a progress bar per stage unless `quiet`; returns the
+    counts and what decontamination dropped (`build_summary` formats them)."""
     skips = SkipLog(strict=config.strict)
     start = time.perf_counter()
     check_local_splits(config)
     eval_sets = eval_sets_for(config)
-    say("[1/4] collecting records")
-    groups = read_groups(config, skips, say)
+    log.info("[1/4] collecting records")
+    groups = read_groups(config, skips, quiet)
     stats = {group.name: SourceStats(loaded=len(group.records), bad=group.bad) for group in groups}
     too_long = token_filter(config.tokenizer, config.max_tokens) if config.tokenizer else None
-    say("[2/4] filtering over-length rows and exact duplicates")
+    log.info("[2/4] filtering over-length rows and exact duplicates")
     seen: set[str] = set()
     kept: list[tuple[str, Record]] = []
-    for group in groups:
-        name = group.name
-        for record in group.records:
-            if too_long and (count := too_long(record)) is not None:
-                skips.skip(f"{name} record {record.id}",
-                           BadRow("over-length", f"{count} tokens > max_tokens={config.max_tokens}"))
-                stats[name].over_length += 1
-                continue
-            key = question_key(record.question)
-            if key in seen:
-                stats[name].duplicate += 1
-                continue
-            seen.add(key)
-            kept.append((name, record))
+    with progress_bar(total=sum(len(group.records) for group in groups), desc="filter", unit="record",
+                      quiet=quiet) as bar:
+        for group in groups:
+            name = group.name
+            for record in group.records:
+                bar.update()
+                if too_long and (count := too_long(record)) is not None:
+                    skips.skip(f"{name} record {record.id}",
+                               BadRow("over-length", f"{count} tokens > max_tokens={config.max_tokens}"))
+                    stats[name].over_length += 1
+                    continue
+                key = question_key(record.question)
+                if key in seen:
+                    stats[name].duplicate += 1
+                    continue
+                seen.add(key)
+                kept.append((name, record))
     dropped: list[Dropped] = []
     sizes: dict[str, int] = {}
     if eval_sets:
-        say(f"[3/4] decontaminating against {', '.join(eval_sets)} "
-            f"({config.ngram}-grams, threshold {config.threshold})")
-        index, sizes = build_index(eval_sets, config.ngram, config.data_dir, say)
+        log.info("[3/4] decontaminating against %s (%d-grams, threshold %s)", ", ".join(eval_sets), config.ngram,
+                 config.threshold)
+        index, sizes = build_index(eval_sets, config.ngram, config.data_dir, log.info)
         clean = []
-        for name, record in kept:
+        for name, record in progress_bar(kept, desc="decontaminate", unit="record", quiet=quiet):
             if (match := index.contaminating(record.question, config.threshold)) is not None:
                 dropped.append(Dropped(record.id, name, record.question, match.eval_set, match.eval_id,
                                        round(match.overlap, 4)))
@@ -302,24 +303,28 @@ def build(config: BuildConfig, progress: Progress | None = _stderr) -> BuildResu
         kept = clean
         if config.dropped_report:
             write_dropped(dropped, config.dropped_report)
-            say(f"  wrote the {len(dropped)} dropped record(s) to {config.dropped_report}")
+            log.info("wrote the %d dropped record(s) to %s", len(dropped), config.dropped_report)
     elif not config.decontaminate_local_benchmarks:
-        say("[3/4] decontamination: turned off")
+        log.info("[3/4] decontamination: turned off")
     else:
-        say("[3/4] decontamination: no benchmark copies under --data-dir and no --decontaminate sets: nothing "
-            "checked")
+        log.info("[3/4] decontamination: no benchmark copies under --data-dir and no --decontaminate sets: nothing "
+                 "checked")
     for name, _ in kept:
         stats[name].written += 1
-    say(f"[4/4] writing {config.output}")
-    written = write_records((record for _, record in kept), config.output)
-    result = BuildResult(written, stats, dropped, skips, sizes)
-    say(source_table(stats))
-    if sizes:
-        say(f"decontamination ({config.ngram}-grams, threshold {config.threshold}), rows removed per evaluation set:")
-        say(format_removed(sizes, result.removed))
-    say(f"wrote {written} records to {config.output} in {time.perf_counter() - start:.1f}s")
+    log.info("[4/4] writing %s", config.output)
+    written = write_records((record for _, record in progress_bar(kept, desc="write", unit="record", quiet=quiet)),
+                            config.output)
     skips.warn()
-    return result
+    return BuildResult(written, stats, dropped, skips, sizes, round(time.perf_counter() - start, 1))
+
+
+def build_summary(config: BuildConfig, result: BuildResult) -> str:
+    """What a build reports: the per-source table, the rows each evaluation set removed, and where it wrote."""
+    lines = [source_table(result.stats)]
+    if result.eval_sets:
+        lines += [f"decontamination ({config.ngram}-grams, threshold {config.threshold}), rows removed per "
+                  "evaluation set:", format_removed(result.eval_sets, result.removed)]
+    return "\n".join([*lines, f"wrote {result.written} records to {config.output} in {result.seconds:.1f}s"])
 
 
 def write_dropped(dropped: Iterable[Dropped], path: str) -> None:

@@ -31,6 +31,7 @@ from jaxmath.data.benchmarks import ALLOW_FLAG, BENCHMARKS, EvalSplitError, load
 from jaxmath.data.decontaminate import NgramIndex
 from jaxmath.data.readers import Located, SkipLog
 from jaxmath.data.schema import BadRow
+from jaxmath.progress import progress_bar
 from jaxmath.verify.answers import extract_program
 
 KINDS = ("correct_incorrect", "concise_verbose")
@@ -143,12 +144,14 @@ def _candidates(sampled: Sampled, config: PairConfig, stats: PairStats) -> dict[
     return out
 
 
-def build_pairs(questions: Iterable[Sampled], config: PairConfig = PairConfig()) -> tuple[list[dict], PairStats]:
-    """Preference rows from each question's completions (see the module docstring), and what was done."""
+def build_pairs(questions: Iterable[Sampled], config: PairConfig = PairConfig(),
+                quiet: bool = False) -> tuple[list[dict], PairStats]:
+    """Preference rows from each question's completions (see the module docstring), and what was done; a
+    progress bar over the questions unless `quiet`."""
     rng = random.Random(config.seed)
     stats = PairStats()
     rows: list[dict[str, str]] = []
-    for sampled in questions:
+    for sampled in progress_bar(questions, desc="pairs", unit="question", quiet=quiet):
         stats.questions += 1
         pools = _candidates(sampled, config, stats)
         for pool in pools.values():

@@ -1,30 +1,33 @@
-"""KV-cache sampler: prefill, then one compiled decode loop; greedy, temperature, top-k, top-p and min-p.
+"""The sampler: prefill each prompt once, then decode its samples; greedy, temperature, top-k, top-p, min-p,
+stop ids and stop strings, all inside the compiled step.
 
-`generate` is shaped like `transformers`' `generate`: left-padded prompts in, token ids and per-token
-log-probabilities out. The whole call (prefill, decode loop, stop checks) is one jitted function, compiled
-once per input shape and static setting; the loop is a `jax.lax.while_loop` that exits as soon as every row
-has stopped. Under an ambient mesh (`jax.set_mesh`) the cache is sharded like the model's activations
-(batch over data/fsdp, kv heads over tensor), so weights and cache stay distributed.
+`generate` is shaped like `transformers`' `generate`: padded prompts in, token ids and per-token
+log-probabilities out. It runs on the model's decode copy (jaxmath.inference.weights) and the two-part cache
+of jaxmath.inference.forward. Three compiled pieces: start (prefill + first tokens), decode (a
+`jax.lax.while_loop` of steps that exits when every row stopped, the generated-token cache is full, or a
+prompt slot frees up for continuous batching), and grow (the cache's next size bucket). Under an ambient mesh
+(`jax.set_mesh`) weights and cache are sharded like the model's activations.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from jaxmath.models.cache import KVCache
-from jaxmath.models.transformer import CausalLM
-from jaxmath.parallel import shard_activation
+from jaxmath.inference.forward import Cache, decode_step, empty_suffix, grow_suffix, prefill
+from jaxmath.inference.weights import DecodeWeights, prepare_weights
+from jaxmath.models import CausalLM, ModelConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 NO_CHAR = -1  # fills stop-string windows where there is no text yet; never equals a character
+SUFFIX_BUCKET = 128  # the first size of the generated-token cache; it doubles as rows grow past it
+LENGTH_BUCKET = 64  # prompts are padded to a multiple of this, so a run compiles once per bucket
 
 
 @jax.tree_util.register_dataclass
@@ -180,7 +183,6 @@ class _Static:
     use_min_p: bool
     eos_ids: tuple[int, ...]
     pad_token_id: int
-    cache_dtype: str | None
 
 
 class _Knobs(NamedTuple):
@@ -191,20 +193,24 @@ class _Knobs(NamedTuple):
     min_p: jax.Array
 
 
-class _Carry(NamedTuple):
-    step: jax.Array  # index of the next token to choose
-    tokens: jax.Array  # [B, N]
+class _Rows(NamedTuple):
+    """The decoding state of B = U x G rows (row r continues prompt slot r // G)."""
+
+    cache: Cache
+    last: jax.Array  # [B] the token each row feeds next
+    tokens: jax.Array  # [B, N] chosen tokens, pad after the stop
     logprobs: jax.Array  # [B, N]
     sampling_logprobs: jax.Array  # [B, N]
-    lengths: jax.Array  # [B]
+    lengths: jax.Array  # [B] tokens chosen so far
     done: jax.Array  # [B]
     window: jax.Array  # [B, width] tail of each row's text, for stop strings
-    cache: KVCache
+    keys: jax.Array  # [B] each row's random stream (fold_in the token index per draw)
 
 
-def _choose(logits: jax.Array, step: jax.Array, row_keys: jax.Array, knobs: _Knobs,
+def _choose(logits: jax.Array, index: jax.Array, row_keys: jax.Array, knobs: _Knobs,
             static: _Static) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Next token per row, its log-prob under the raw model distribution and under the sampling one."""
+    """Next token per row (the `index`-th of its completion), its log-prob under the raw model distribution and
+    under the sampling one."""
     logits = logits.astype(jnp.float32)
     if static.greedy:
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -213,7 +219,7 @@ def _choose(logits: jax.Array, step: jax.Array, row_keys: jax.Array, knobs: _Kno
         scores, ids = warp_logits(logits, knobs.temperature, static.top_k,
                                   knobs.top_p if static.use_top_p else None,
                                   knobs.min_p if static.use_min_p else None)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
+        keys = jax.vmap(jax.random.fold_in)(row_keys, index)
         choice = jax.vmap(jax.random.categorical)(keys, scores)[:, None]
         token = (choice if ids is None else jnp.take_along_axis(ids, choice, axis=-1))[:, 0].astype(jnp.int32)
         sampling_logprob = jnp.take_along_axis(jax.nn.log_softmax(scores, axis=-1), choice, axis=-1)[:, 0]
@@ -221,78 +227,106 @@ def _choose(logits: jax.Array, step: jax.Array, row_keys: jax.Array, knobs: _Kno
     return token, logprob, sampling_logprob
 
 
-def _record(carry: _Carry, choice: tuple[jax.Array, jax.Array, jax.Array], tables: StopTables | None,
-            static: _Static) -> _Carry:
-    """Write the chosen tokens at `carry.step` (pad for finished rows) and mark rows that just stopped."""
+def _record(rows: _Rows, choice: tuple[jax.Array, jax.Array, jax.Array], tables: StopTables | None,
+            static: _Static) -> _Rows:
+    """Write each active row's chosen token at its own index and mark rows that just stopped."""
     token, logprob, sampling_logprob = choice
-    active = ~carry.done
+    active = ~rows.done
     token = jnp.where(active, token, static.pad_token_id)
     stopped = jnp.isin(token, jnp.asarray(static.eos_ids, jnp.int32)) if static.eos_ids else jnp.zeros_like(active)
-    window = carry.window
+    window = rows.window
     if tables is not None:
         hit, moved = stop_string_hits(tables, window, token)
         stopped, window = stopped | hit, jnp.where(active[:, None], moved, window)
+    at = (jnp.arange(token.shape[0]), jnp.where(active, rows.lengths, static.max_new_tokens))  # inactive: dropped
 
     def put(buffer: jax.Array, value: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_update_slice(buffer, value[:, None].astype(buffer.dtype), (0, carry.step))
+        return buffer.at[at].set(value.astype(buffer.dtype), mode="drop")
 
-    return carry._replace(
-        step=carry.step + 1,
-        tokens=put(carry.tokens, token),
-        logprobs=put(carry.logprobs, jnp.where(active, logprob, 0.0)),
-        sampling_logprobs=put(carry.sampling_logprobs, jnp.where(active, sampling_logprob, 0.0)),
-        lengths=carry.lengths + active,
-        done=carry.done | (active & stopped),
-        window=window,
-    )
+    lengths = rows.lengths + active
+    return rows._replace(last=token, tokens=put(rows.tokens, token), logprobs=put(rows.logprobs, logprob),
+                         sampling_logprobs=put(rows.sampling_logprobs, sampling_logprob), lengths=lengths,
+                         done=rows.done | (active & (stopped | (lengths >= static.max_new_tokens))), window=window)
 
 
-def _empty_cache(model: CausalLM, batch: int, slots: int, dtype: str | None) -> KVCache:
-    """A preallocated cache, sharded like the attention activations under an ambient mesh."""
-    cache = KVCache.init(model.config, batch, slots, dtype)
-    kv_axes = ("layers", "batch", "length", "act_kv_heads", "head_dim")
-    return KVCache(shard_activation(cache.keys, kv_axes), shard_activation(cache.values, kv_axes),
-                   shard_activation(cache.positions, ("batch", "length")),
-                   shard_activation(cache.segments, ("batch", "length")))
+def _start(weights: DecodeWeights, ids: jax.Array, prompt_lengths: jax.Array, keys: jax.Array, knobs: _Knobs,
+           tables: StopTables | None, group_size: int, slots: int, static: _Static) -> _Rows:
+    """Prefill U right-padded prompts once and choose the first token of each of their G rows."""
+    logits, prefix_keys, prefix_values = prefill(weights, ids, prompt_lengths)
+    batch = ids.shape[0] * group_size
+    suffix_keys, suffix_values = empty_suffix(batch, slots, weights, prefix_keys[0].dtype)
+    cache = Cache(tuple(prefix_keys), tuple(prefix_values), prompt_lengths, suffix_keys, suffix_values,
+                  jnp.zeros((batch,), jnp.int32))
+    new, width = static.max_new_tokens, 0 if tables is None else tables.width
+    rows = _Rows(cache, jnp.zeros((batch,), jnp.int32), jnp.full((batch, new), static.pad_token_id, jnp.int32),
+                 jnp.zeros((batch, new), jnp.float32), jnp.zeros((batch, new), jnp.float32),
+                 jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool),
+                 jnp.full((batch, width), NO_CHAR, jnp.int32), keys)
+    logits = jnp.repeat(logits, group_size, axis=0)
+    return _record(rows, _choose(logits, rows.lengths, keys, knobs, static), tables, static)
 
 
-def _generate_impl(graphdef: nnx.GraphDef, state: nnx.State, input_ids: jax.Array, attention_mask: jax.Array,
-                   key: jax.Array, knobs: _Knobs, tables: StopTables | None, static: _Static) -> GenerationOutput:
-    model = nnx.merge(graphdef, state)
-    batch, prompt_len = input_ids.shape
-    new = static.max_new_tokens
-    order = jnp.argsort(attention_mask, axis=1, stable=True)  # left-align: padding first, order kept
-    input_ids = jnp.take_along_axis(input_ids, order, axis=1).astype(jnp.int32)
-    mask = jnp.take_along_axis(attention_mask, order, axis=1).astype(jnp.int32)
-    prompt_tokens = mask.sum(axis=1)
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    cache = _empty_cache(model, batch, prompt_len + new, static.cache_dtype)
-    hidden, cache = model.model.extend(input_ids, positions, mask, cache, 0)
-    logits = model.logits_from_hidden(hidden[:, -1:])[:, 0]  # only the last prompt token's logits are needed
-    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch))
-    width = 0 if tables is None else tables.width
-    carry = _Carry(jnp.int32(0), jnp.full((batch, new), static.pad_token_id, jnp.int32),
-                   jnp.zeros((batch, new), jnp.float32), jnp.zeros((batch, new), jnp.float32),
-                   jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool),
-                   jnp.full((batch, width), NO_CHAR, jnp.int32), cache)
-    carry = _record(carry, _choose(logits, carry.step, row_keys, knobs, static), tables, static)
-
-    def unfinished(c: _Carry) -> jax.Array:
-        return (c.step < new) & ~c.done.all()
-
-    def decode_one(c: _Carry) -> _Carry:
-        previous = jax.lax.dynamic_slice_in_dim(c.tokens, c.step - 1, 1, axis=1)
-        logits, cache = model.extend(previous, (prompt_tokens + c.step - 1)[:, None], jnp.ones_like(previous),
-                                     c.cache, prompt_len + c.step - 1)
-        c = c._replace(cache=cache)
-        return _record(c, _choose(logits[:, 0], c.step, row_keys, knobs, static), tables, static)
-
-    carry = jax.lax.while_loop(unfinished, decode_one, carry)
-    return GenerationOutput(jnp.concatenate([input_ids, carry.tokens], axis=1), carry.logprobs,
-                            carry.sampling_logprobs, carry.lengths)
+def _step(weights: DecodeWeights, rows: _Rows, knobs: _Knobs, tables: StopTables | None, static: _Static) -> _Rows:
+    """Feed every row's last token and choose its next one."""
+    cache = rows.cache
+    positions = jnp.repeat(cache.prefix_lengths, cache.group_size) + cache.suffix_lengths
+    logits, cache = decode_step(weights, rows.last, positions, cache)
+    rows = rows._replace(cache=cache)
+    return _record(rows, _choose(logits, rows.lengths, rows.keys, knobs, static), tables, static)
 
 
-_generate_jit = jax.jit(_generate_impl, static_argnames=("graphdef", "static"))
+def _full(rows: _Rows) -> jax.Array:
+    """Whether an active row's next key would fall past the suffix slots (the cache must grow first)."""
+    return (~rows.done & (rows.cache.suffix_lengths >= rows.cache.suffix_slots)).any()
+
+
+def _group_free(rows: _Rows) -> jax.Array:
+    """Whether some prompt slot has all its rows done (continuous batching hands it new work)."""
+    return rows.done.reshape(-1, rows.cache.group_size).all(axis=1).any()
+
+
+def _decode(weights: DecodeWeights, rows: _Rows, knobs: _Knobs, tables: StopTables | None, until_free: jax.Array,
+            static: _Static) -> tuple[_Rows, jax.Array]:
+    """Decode until every row is done, the suffix cache is full, or (`until_free`) a prompt slot frees up.
+    Returns the rows and whether the cache must grow (a replicated scalar the host may read)."""
+    def running(r: _Rows) -> jax.Array:
+        return (~r.done).any() & ~_full(r) & ~(until_free & _group_free(r))
+
+    rows = jax.lax.while_loop(running, lambda r: _step(weights, r, knobs, tables, static), rows)
+    return rows, _full(rows)
+
+
+_start_jit = jax.jit(_start, static_argnames=("group_size", "slots", "static"))
+_decode_jit = jax.jit(_decode, static_argnames=("static",), donate_argnames=("rows",))
+_grow_jit = jax.jit(lambda rows, slots: rows._replace(cache=grow_suffix(rows.cache, slots)),
+                    static_argnames=("slots",), donate_argnums=(0,))
+
+
+def suffix_buckets(max_new_tokens: int, first: int = SUFFIX_BUCKET) -> list[int]:
+    """The suffix-cache sizes a run moves through: doubling from `first`, the last just fits max_new_tokens - 1
+    fed tokens (the last chosen token is never fed). A step reads at most twice the filled slots."""
+    need = max(max_new_tokens - 1, 1)
+    sizes = [min(first, need)]
+    while sizes[-1] < need:
+        sizes.append(min(2 * sizes[-1], need))
+    return sizes
+
+
+def row_keys(seed: int, requests: jax.Array, group_size: int) -> jax.Array:
+    """The random stream of sample g of request i: fold_in(fold_in(key(seed), i), g). A row draws the same
+    tokens whichever batch or slot it runs in."""
+    base = jax.random.key(seed)
+    per_request = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base, requests)
+    samples = jnp.arange(group_size)
+    return jax.vmap(lambda k: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, samples))(per_request).reshape(-1)
+
+
+def _right_align_prompts(ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(prompt ids with padding first (as reported), the same with real tokens first (as prefilled), lengths)."""
+    left = jnp.argsort(mask, axis=1, stable=True)
+    right = jnp.argsort(1 - mask, axis=1, stable=True)
+    return (jnp.take_along_axis(ids, left, axis=1).astype(jnp.int32),
+            jnp.take_along_axis(ids, right, axis=1).astype(jnp.int32), mask.sum(axis=1).astype(jnp.int32))
 
 
 def _as_ids(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
@@ -326,22 +360,11 @@ def _check_prompts(input_ids: jax.Array | np.ndarray,
     return ids, jnp.asarray(host, jnp.int32)
 
 
-def generate(model: CausalLM, input_ids: jax.Array | np.ndarray, attention_mask: jax.Array | np.ndarray | None = None,
-             max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-             min_p: float = 0.0, eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0,
-             seed: int = 0, cache_dtype: str | None = None, stop_strings: Sequence[str] | None = None,
-             tokenizer: PreTrainedTokenizerBase | None = None) -> GenerationOutput:
-    """Continue a batch of prompts with a preallocated KV cache; greedy when temperature is 0.
-
-    Prompts may carry padding on either side (`attention_mask` 0); they are left-aligned before decoding.
-    A row stops after an `eos_token_id` token or once its text contains one of `stop_strings` (which needs
-    `tokenizer`); later slots hold `pad_token_id`. Sampling applies temperature, then top-k, top-p and
-    min-p (transformers' order); `seed` makes it reproducible, and each row draws from its own stream.
-    `cache_dtype` (e.g. "bfloat16") defaults to the model's compute dtype. Under `jax.set_mesh(mesh)` the
-    cache is sharded over the mesh like the model's activations.
-    """
-    if not isinstance(model, CausalLM):
-        raise TypeError(f"generate needs a CausalLM, got {type(model).__name__}")
+def _settings(config: ModelConfig, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
+              min_p: float, eos_token_id: int | Sequence[int] | None, pad_token_id: int,
+              stop_strings: Sequence[str] | None, tokenizer: PreTrainedTokenizerBase | None
+              ) -> tuple[_Static, _Knobs, StopTables | None]:
+    """Check the decoding settings (naming a wrong one) and split them into compiled-in and traced parts."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0:
@@ -356,14 +379,174 @@ def generate(model: CausalLM, input_ids: jax.Array | np.ndarray, attention_mask:
         raise ValueError(f"stop_strings must be a list of strings, got the string {stop_strings!r}")
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer (pass tokenizer=...)")
-    ids, mask = _check_prompts(input_ids, attention_mask)
     static = _Static(max_new_tokens=int(max_new_tokens), greedy=temperature == 0.0, top_k=int(top_k),
                      use_top_p=top_p < 1.0, use_min_p=min_p > 0.0, eos_ids=_as_ids(eos_token_id),
-                     pad_token_id=int(pad_token_id), cache_dtype=cache_dtype)
+                     pad_token_id=int(pad_token_id))
     knobs = _Knobs(*(jnp.float32(x) for x in (temperature or 1.0, top_p, min_p)))
-    tables = stop_tables(tokenizer, tuple(stop_strings), model.config.vocab_size) if stop_strings else None
-    graphdef, state = nnx.split(model)
-    return _generate_jit(graphdef, state, ids, mask, jax.random.key(seed), knobs, tables, static=static)
+    tables = stop_tables(tokenizer, tuple(stop_strings), config.vocab_size) if stop_strings else None
+    return static, knobs, tables
+
+
+def decode_weights(model: CausalLM | DecodeWeights, dtype: str | None = None) -> DecodeWeights:
+    """`model`'s decode copy (made here) or the given one; `dtype` (e.g. "bfloat16") overrides a model's
+    compute dtype."""
+    if isinstance(model, DecodeWeights):
+        if dtype is not None and jnp.dtype(dtype) != model.dtype:
+            raise ValueError(f"cache_dtype={dtype} differs from the prepared weights' dtype {model.dtype}; "
+                             f"prepare them in {dtype} (jaxmath.inference.weights.prepare_weights)")
+        return model
+    if not isinstance(model, CausalLM):
+        raise TypeError(f"generate needs a CausalLM or its DecodeWeights, got {type(model).__name__}")
+    return prepare_weights(model, dtype)
+
+
+def generate(model: CausalLM | DecodeWeights, input_ids: jax.Array | np.ndarray,
+             attention_mask: jax.Array | np.ndarray | None = None, max_new_tokens: int = 128,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0, seed: int = 0,
+             cache_dtype: str | None = None, stop_strings: Sequence[str] | None = None,
+             tokenizer: PreTrainedTokenizerBase | None = None, num_samples: int = 1) -> GenerationOutput:
+    """Continue a batch of prompts, `num_samples` completions each (rows i * num_samples + g); greedy when
+    temperature is 0.
+
+    Each prompt is prefilled once and its samples share its keys and values. Prompts may carry padding on
+    either side (`attention_mask` 0). A row stops after an `eos_token_id` token or once its text contains one
+    of `stop_strings` (which needs `tokenizer`); later slots hold `pad_token_id`. Sampling applies
+    temperature, then top-k, top-p and min-p (transformers' order); sample g of prompt i draws from its own
+    stream of `seed`. `model` is a CausalLM or its `prepare_weights` copy (make that once when calling many
+    times with the same weights); `cache_dtype` (e.g. "bfloat16") sets the compute and cache dtype of a
+    model (default: its compute dtype). Under `jax.set_mesh(mesh)` weights and cache are sharded like the
+    model's activations.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    weights = decode_weights(model, cache_dtype)
+    static, knobs, tables = _settings(weights.config, max_new_tokens, temperature, top_p, top_k, min_p,
+                                      eos_token_id, pad_token_id, stop_strings, tokenizer)
+    ids, mask = _check_prompts(input_ids, attention_mask)
+    left, right, lengths = _right_align_prompts(ids, mask)
+    keys = row_keys(seed, jnp.arange(ids.shape[0]), num_samples)
+    buckets = suffix_buckets(static.max_new_tokens)
+    rows = _start_jit(weights, right, lengths, keys, knobs, tables, group_size=num_samples, slots=buckets[0],
+                      static=static)
+    for slots in buckets[1:] + [None]:
+        rows, full = _decode_jit(weights, rows, knobs, tables, jnp.bool_(False), static=static)
+        if slots is None or not bool(full):
+            break
+        rows = _grow_jit(rows, slots=slots)
+    prompts = jnp.repeat(left, num_samples, axis=0)
+    return GenerationOutput(jnp.concatenate([prompts, rows.tokens], axis=1), rows.logprobs, rows.sampling_logprobs,
+                            rows.lengths)
+
+
+def _insert(rows: _Rows, new: _Rows, groups: jax.Array) -> _Rows:
+    """`rows` with prompt slots `groups` [n] (and their G rows each) replaced by the n started ones in `new`;
+    an index past the last slot drops that entry (padding of the start batch)."""
+    g = rows.cache.group_size
+    members = (groups[:, None] * g + jnp.arange(g)).reshape(-1)
+
+    def put(at: jax.Array) -> Any:
+        return lambda old, fresh: old.at[at].set(fresh, mode="drop")
+
+    prefix = ("prefix_keys", "prefix_values", "prefix_lengths")
+    cache = Cache(**{f.name: jax.tree.map(put(groups if f.name in prefix else members), getattr(rows.cache, f.name),
+                                          getattr(new.cache, f.name)) for f in dataclasses.fields(Cache)})
+    return _Rows(cache, *(jax.tree.map(put(members), getattr(rows, f), getattr(new, f)) for f in _Rows._fields[1:]))
+
+
+_insert_jit = jax.jit(_insert, donate_argnums=(0,))
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One sampled completion: its tokens (through the stopping token), their log-probs under the model and
+    under the sampling distribution."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    sampling_logprobs: np.ndarray
+
+
+def pad_batch(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int, *, left: bool,
+              bucket: int = LENGTH_BUCKET, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """[batch_size, width] ids and mask (width: the longest row rounded up to `bucket`, unless given), rows
+    padded on the left or the right; missing rows repeat the first (their output is dropped)."""
+    width = width or -(-max(len(r) for r in rows) // bucket) * bucket
+    ids = np.full((batch_size, width), pad_id, np.int32)
+    mask = np.zeros((batch_size, width), np.int32)
+    for i in range(batch_size):
+        row = rows[i] if i < len(rows) else rows[0]
+        place = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, place], mask[i, place] = row, 1
+    return ids, mask
+
+
+def generate_continuous(model: CausalLM | DecodeWeights, prompts: Sequence[Sequence[int]], *, slots: int = 32,
+                        num_samples: int = 1, max_new_tokens: int = 128, temperature: float = 0.0,
+                        top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
+                        eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0, seed: int = 0,
+                        cache_dtype: str | None = None, stop_strings: Sequence[str] | None = None,
+                        tokenizer: PreTrainedTokenizerBase | None = None,
+                        on_finish: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+    """`num_samples` completions of each prompt (token-id lists), with `slots` prompts decoding at a time:
+    when all samples of a prompt stop, the next prompt takes its slot (continuous batching), so one long
+    completion does not hold the batch. Sample g of prompt i gets the tokens `generate` would give it with
+    the same seed (its random stream depends on i and g only). `on_finish(i, completions)` is called as
+    prompts finish (progress). Single-process: the host reads which rows stopped between decode runs."""
+    if not prompts:
+        return []
+    if num_samples < 1 or slots < 1:
+        raise ValueError(f"num_samples and slots must be >= 1, got {num_samples} and {slots}")
+    empty = [i for i, p in enumerate(prompts) if len(p) == 0]
+    if empty:
+        raise ValueError(f"prompt(s) {empty[:10]} have no tokens")
+    weights = decode_weights(model, cache_dtype)
+    static, knobs, tables = _settings(weights.config, max_new_tokens, temperature, top_p, top_k, min_p,
+                                      eos_token_id, pad_token_id, stop_strings, tokenizer)
+    width = -(-max(len(p) for p in prompts) // LENGTH_BUCKET) * LENGTH_BUCKET  # one prefix size for the run
+    slots = min(slots, len(prompts))
+    buckets = suffix_buckets(static.max_new_tokens)
+    queue = list(range(len(prompts)))
+    owner = np.full(slots, -1)
+    results: list[list[Completion]] = [[] for _ in prompts]
+
+    def start(requests: list[int], count: int, size: int) -> _Rows:
+        ids, mask = pad_batch([prompts[i] for i in requests], count, pad_token_id, left=False, width=width)
+        numbers = jnp.asarray(requests + [requests[0]] * (count - len(requests)), jnp.int32)
+        return _start_jit(weights, jnp.asarray(ids), jnp.asarray(mask.sum(axis=1)), row_keys(seed, numbers, num_samples),
+                          knobs, tables, group_size=num_samples, slots=size, static=static)
+
+    first, queue = queue[:slots], queue[slots:]
+    rows, owner[:len(first)] = start(first, slots, buckets[0]), first
+    bucket = 0
+    while True:
+        rows, full = _decode_jit(weights, rows, knobs, tables, jnp.bool_(bool(queue)), static=static)
+        done = np.asarray(rows.done).reshape(slots, num_samples).all(axis=1)
+        finished = np.flatnonzero(done & (owner >= 0))
+        if finished.size:
+            tokens, logprobs, sampled, lengths = (np.asarray(x) for x in (rows.tokens, rows.logprobs,
+                                                                           rows.sampling_logprobs, rows.lengths))
+            for slot in finished:
+                request = int(owner[slot])
+                members = range(slot * num_samples, (slot + 1) * num_samples)
+                results[request] = [Completion(tokens[r, :lengths[r]], logprobs[r, :lengths[r]],
+                                               sampled[r, :lengths[r]]) for r in members]
+                owner[slot] = -1
+                if on_finish is not None:
+                    on_finish(request, results[request])
+        free = np.flatnonzero(owner < 0)
+        if queue and free.size:
+            take, queue = queue[:free.size], queue[free.size:]
+            count = min(1 << (len(take) - 1).bit_length(), slots)  # a power of two: few compiled start shapes
+            at = np.full(count, slots, np.int32)  # slot index `slots` = dropped padding
+            at[:len(take)] = free[:len(take)]
+            rows = _insert_jit(rows, start(take, count, rows.cache.suffix_slots), jnp.asarray(at))
+            owner[free[:len(take)]] = take
+        elif (owner < 0).all():
+            return results
+        if bool(full) and bucket + 1 < len(buckets):
+            bucket += 1
+            rows = _grow_jit(rows, slots=buckets[bucket])
 
 
 def completion_texts(output: GenerationOutput, tokenizer: PreTrainedTokenizerBase,

@@ -20,9 +20,10 @@ def is_lora_path(path: str | tuple[str, ...]) -> bool:
     return LORA_MARK in name
 
 
-def merge_lora(params: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
-    """Base parameters with W + (alpha / rank) A B folded in and the adapters removed (host numpy)."""
-    flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+def merge_lora(params: dict[str, Any], config: ModelConfig, xp: Any = np) -> dict[str, Any]:
+    """Base parameters with W + (alpha / rank) A B folded in and the adapters removed, computed with the array
+    module `xp`: numpy on the host (export), jax.numpy inside a jitted function (the sampler's weights)."""
+    flat = {k: xp.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
     merged = {k: v for k, v in flat.items() if not is_lora_path(k)}
     for key, a in flat.items():
         if not key[-1].endswith("_lora_a"):
@@ -32,9 +33,9 @@ def merge_lora(params: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
         kernel_key = (*key[:-1], name)
         kernel = merged[kernel_key]
         lead = a.ndim + b.ndim - 2 - kernel.ndim  # 1 when stacked over layers, else 0
-        a2 = a.reshape(*a.shape[:lead], -1, a.shape[-1]).astype(np.float32)
-        b2 = b.reshape(*b.shape[:lead], b.shape[lead], -1).astype(np.float32)
+        a2 = a.reshape(*a.shape[:lead], -1, a.shape[-1]).astype(xp.float32)
+        b2 = b.reshape(*b.shape[:lead], b.shape[lead], -1).astype(xp.float32)
         # A B is [in, out]; kernels are stored [out..., in...] (HF layout).
-        delta = (np.swapaxes(a2 @ b2, -1, -2) * config.lora_scale).reshape(kernel.shape)
-        merged[kernel_key] = (kernel.astype(np.float32) + delta).astype(kernel.dtype)
+        delta = (xp.swapaxes(a2 @ b2, -1, -2) * config.lora_scale).reshape(kernel.shape)
+        merged[kernel_key] = (kernel.astype(xp.float32) + delta).astype(kernel.dtype)
     return traverse_util.unflatten_dict(merged)

@@ -2,13 +2,12 @@
 
 Traces are tokenised by `jaxmath.data.encode.encode_prm_trace`, the function PRM training data goes
 through, so a step's score is read at exactly the token its training label sits on. Traces are scored
-in padded batches (longest first, `jaxmath.inference.completions.pad_batch`: a run compiles once per length
+in padded batches (longest first, `jaxmath.inference.sampler.pad_batch`: a run compiles once per length
 bucket).
 """
 from __future__ import annotations
 
 import os
-import time
 from typing import Sequence
 
 import jax
@@ -21,11 +20,12 @@ from jaxmath.checkpoint import from_pretrained
 from jaxmath.data.encode import encode_prm_trace
 from jaxmath.data.formats import PromptFormat, get_format
 from jaxmath.data.tokenizer import load_tokenizer
-from jaxmath.inference.completions import pad_batch
+from jaxmath.inference.sampler import pad_batch
 from jaxmath.inference.loading import default_dtype, model_files_dir
 from jaxmath.models import TokenClassifier
 from jaxmath.objectives.prm import GOOD_LABEL, aggregate_step_scores
 from jaxmath.prm.steps import step_texts
+from jaxmath.progress import progress_bar
 
 Trace = tuple[str, Sequence[str]]  # (question, steps)
 
@@ -75,17 +75,14 @@ class PRMScorer:
         order = sorted((i for i, e in enumerate(encoded) if e is not None), key=lambda i: -len(encoded[i][0]))
         scores = [np.zeros(0, np.float32) for _ in traces]
         pad_id = self.tokenizer.pad_token_id or 0
-        start = time.perf_counter()
-        for first in range(0, len(order), self.batch_size):
-            rows = order[first:first + self.batch_size]
-            ids, mask = pad_batch([encoded[i][0] for i in rows], self.batch_size, pad_id, left=False)
-            probs = np.asarray(_good_probability_jit(self.graphdef, self.state, ids, mask))
-            for row, i in enumerate(rows):
-                scores[i] = probs[row, encoded[i][1]]
-            if self.progress:
-                done = first + len(rows)
-                print(f"[prm] {done}/{len(order)} traces scored | {time.perf_counter() - start:.0f}s elapsed",
-                      flush=True)
+        with progress_bar(total=len(order), desc="prm", unit="trace", quiet=not self.progress) as bar:
+            for first in range(0, len(order), self.batch_size):
+                rows = order[first:first + self.batch_size]
+                ids, mask = pad_batch([encoded[i][0] for i in rows], self.batch_size, pad_id, left=False)
+                probs = np.asarray(_good_probability_jit(self.graphdef, self.state, ids, mask))
+                for row, i in enumerate(rows):
+                    scores[i] = probs[row, encoded[i][1]]
+                bar.update(len(rows))
         return scores
 
     def score_solutions(self, questions: Sequence[str], solutions: Sequence[str]) -> list[np.ndarray]:

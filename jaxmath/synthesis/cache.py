@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
-import sys
 import threading
 from typing import Any, Sequence
 
 from jaxmath.synthesis.teacher import Messages, Teacher
+
+log = logging.getLogger(__name__)
 
 
 def _entry(raw: bytes) -> tuple[str, str] | None:
@@ -61,8 +63,8 @@ class CompletionCache:
             if raw.strip():
                 entry = _entry(raw)
                 if entry is None and tail:
-                    print(f"warning: {self.path}:{lineno}: ignoring a torn last line "
-                          f"({len(raw)} bytes, not a complete entry)", file=sys.stderr)
+                    log.warning("%s:%d: ignoring a torn last line (%d bytes, not a complete entry)", self.path,
+                                lineno, len(raw))
                     return offset, False
                 if entry is None:
                     raise ValueError(f"{self.path}:{lineno}: not a cache entry (a JSON object with 'key' and "

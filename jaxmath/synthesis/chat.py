@@ -12,8 +12,8 @@ import dataclasses
 import email.utils
 import http.client
 import json
+import logging
 import random
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
 
 from jaxmath.synthesis.teacher import Messages, Teacher, TeacherError
+
+log = logging.getLogger(__name__)
 
 
 class _Retryable(Exception):
@@ -142,8 +144,7 @@ class ChatCompletionsTeacher(Teacher):
                     raise TeacherError(f"{self.url}: no answer after {attempt + 1} attempt(s); "
                                        f"last error: {failure.reason}") from None
                 wait = failure.wait if failure.wait is not None else self.backoff(attempt)
-                print(f"[teacher] {failure.reason}; retry {attempt + 1}/{self.max_retries} in {wait:.1f}s",
-                      file=sys.stderr, flush=True)
+                log.warning("teacher: %s; retry %d/%d in %.1fs", failure.reason, attempt + 1, self.max_retries, wait)
                 self._sleep(wait)
         raise AssertionError("unreachable")
 

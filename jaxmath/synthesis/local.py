@@ -37,7 +37,7 @@ class LocalTeacher(Teacher):
         self.path, self.dtype, self.tokenizer_path, self.batch_size = str(path), dtype, tokenizer, batch_size
         self.model = f"{Path(path).resolve()}@{checkpoint_fingerprint(path)}"
         self.tokenizer = load_tokenizer(tokenizer or model_files_dir(path))
-        self._loaded: tuple[Any, list[int], Any] | None = None  # (model, eos ids, mesh)
+        self._loaded: tuple[Any, list[int], Any] | None = None  # (decode weights, eos ids, mesh)
 
     def prompt_text(self, messages: Messages) -> str:
         from jaxmath.data.formats import render_messages
@@ -46,10 +46,14 @@ class LocalTeacher(Teacher):
 
     def _generator(self) -> tuple[Any, list[int], Any]:
         if self._loaded is None:
+            import jax
+
             from jaxmath.inference.loading import load_for_generation
+            from jaxmath.inference.weights import prepare_weights
 
             model, self.tokenizer, eos_ids, mesh = load_for_generation(self.path, self.dtype, self.tokenizer_path)
-            self._loaded = (model, eos_ids, mesh)
+            with jax.set_mesh(mesh):
+                self._loaded = (prepare_weights(model), eos_ids, mesh)  # the sampler's copy; the model is let go
         return self._loaded
 
     def sample(self, conversations: Sequence[Messages], wanted: Sequence[Sequence[int]],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,8 +19,8 @@ from jaxmath.inference.config import round_seed
 from jaxmath.revise import Attempt, feedback_text, revise, revision_history
 from jaxmath.synthesis.cache import CompletionCache, ask
 from jaxmath.synthesis.config import RevisionConfig, load_problems
-from jaxmath.synthesis.synthesize import (Progress, Tally, first_attempts, require_sandbox, sandbox_summary,
-                                          solution_record, stderr_progress)
+from jaxmath.progress import progress_bar
+from jaxmath.synthesis.synthesize import Tally, first_attempts, require_sandbox, sandbox_summary, solution_record
 from jaxmath.synthesis.teacher import Teacher
 from jaxmath.synthesis.teachers import make_teacher
 from jaxmath.verify import Verifier
@@ -52,18 +51,20 @@ def _write_jsonl(rows: Sequence[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build_revisions(config: RevisionConfig, progress: Progress | None = stderr_progress) -> dict[str, Any]:
-    """Run `jaxmath data revise`: writes revisions.jsonl, sft.jsonl and dpo.jsonl into `config.output_dir`."""
+def build_revisions(config: RevisionConfig, quiet: bool = False) -> dict[str, Any]:
+    """Run `jaxmath data revise`: writes revisions.jsonl, sft.jsonl and dpo.jsonl into `config.output_dir`; a
+    progress bar over the problems (with the counts so far) unless `quiet`."""
     require_sandbox(config)
     problems, fmt = load_problems(config), get_format(config.format)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     teacher = make_teacher(config.teacher)
-    tally, start = Tally(), time.perf_counter()
+    tally = Tally()
     rows, records, pairs, revisions = [], [], [], 0
     try:
         with CompletionCache(config.cache or out / "cache.jsonl") as cache, \
-                Verifier(workers=config.verifier_workers) as verifier:
+                Verifier(workers=config.verifier_workers) as verifier, \
+                progress_bar(total=len(problems), desc="revise", unit="problem", quiet=quiet) as bar:
             def respond(conversations: list, round_: int) -> list[str]:
                 sampling = round_seed(config.sampling, round_)
                 return [texts[0] for texts in ask(teacher, conversations, 1, sampling, cache, tally.ask)]
@@ -73,7 +74,7 @@ def build_revisions(config: RevisionConfig, progress: Progress | None = stderr_p
                 attempts = [a for per in first_attempts(teacher, chunk, config, cache, verifier, tally) for a in per]
                 histories = revise([p.question for p in chunk for _ in range(config.samples)],
                                    [p.answer for p in chunk for _ in range(config.samples)], attempts, respond, fmt,
-                                   verifier, config.rounds, timeout=config.sandbox_timeout, progress=progress)
+                                   verifier, config.rounds, timeout=config.sandbox_timeout)
                 for k, history in enumerate(histories):
                     revisions += len(history) - 1
                     tally.ran += sum(a.status is not None for a in history[1:])
@@ -84,8 +85,8 @@ def build_revisions(config: RevisionConfig, progress: Progress | None = stderr_p
                         records.append(made[1])
                         pairs += made[2]
                 tally.kept = len(rows)
-                if progress is not None:
-                    progress(tally.line("revise", len(problems), start))
+                bar.set_postfix({**tally.postfix(), "revisions": revisions}, refresh=False)
+                bar.update(len(chunk))
     finally:
         teacher.close()
     _write_jsonl(rows, out / "revisions.jsonl")

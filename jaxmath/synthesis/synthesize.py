@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from jaxmath.data.formats import get_format
 from jaxmath.data.readers import write_records
 from jaxmath.data.schema import Record
+from jaxmath.progress import progress_bar
 from jaxmath.revise import Attempt, check_attempts
 from jaxmath.synthesis.cache import AskCounts, CompletionCache, ask
 from jaxmath.synthesis.config import GenerationConfig, SynthesisConfig, load_problems
@@ -23,13 +22,6 @@ from jaxmath.synthesis.teacher import Teacher
 from jaxmath.synthesis.teachers import make_teacher
 from jaxmath.verify import Verifier
 from jaxmath.verify.sandbox import require_layers, shared_sandbox
-
-Progress = Callable[[str], None]
-
-
-def stderr_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 @dataclasses.dataclass
 class Tally:
@@ -41,9 +33,10 @@ class Tally:
     kept: int = 0
     ask: AskCounts = dataclasses.field(default_factory=AskCounts)
 
-    def line(self, label: str, total: int, start: float) -> str:
-        return (f"[{label}] {self.problems}/{total} problems | asked {self.ask.asked} | cached {self.ask.cached} | "
-                f"ran {self.ran} | verified {self.verified} | kept {self.kept} | {time.perf_counter() - start:.0f}s")
+    def postfix(self) -> dict[str, int]:
+        """The counts a progress bar shows after its problems done and rate."""
+        return {"asked": self.ask.asked, "cached": self.ask.cached, "ran": self.ran, "verified": self.verified,
+                "kept": self.kept}
 
     def summary(self) -> dict[str, int]:
         return {"problems": self.problems, "asked": self.ask.asked, "cached": self.ask.cached, "ran": self.ran,
@@ -105,22 +98,24 @@ def sandbox_summary(config: GenerationConfig) -> dict[str, list[str]]:
     return {"sandbox_layers": list(shared_sandbox().layers)}
 
 
-def synthesize(config: SynthesisConfig, progress: Progress | None = stderr_progress) -> dict[str, Any]:
-    """Run a synthesis: writes `config.output` (records, atomically) and returns the summary counts."""
+def synthesize(config: SynthesisConfig, quiet: bool = False) -> dict[str, Any]:
+    """Run a synthesis: writes `config.output` (records, atomically) and returns the summary counts; a progress
+    bar over the problems (with the counts so far) unless `quiet`."""
     require_sandbox(config)
     problems = load_problems(config)
     teacher = make_teacher(config.teacher)
-    tally, kept, start = Tally(), [], time.perf_counter()
+    tally, kept = Tally(), []
     try:
         with CompletionCache(config.cache or f"{config.output}.cache.jsonl") as cache, \
-                Verifier(workers=config.verifier_workers) as verifier:
+                Verifier(workers=config.verifier_workers) as verifier, \
+                progress_bar(total=len(problems), desc="synthesize", unit="problem", quiet=quiet) as bar:
             for first in range(0, len(problems), config.chunk):
                 chunk = problems[first:first + config.chunk]
                 for problem, attempts in zip(chunk, first_attempts(teacher, chunk, config, cache, verifier, tally)):
                     kept += keep_verified(problem, attempts, teacher, config.keep_per_problem)
                 tally.kept = len(kept)
-                if progress is not None:
-                    progress(tally.line("synthesize", len(problems), start))
+                bar.set_postfix(tally.postfix(), refresh=False)
+                bar.update(len(chunk))
     finally:
         teacher.close()
     write_records(kept, config.output)

@@ -19,9 +19,9 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
 from jaxmath.parallel import BATCH_AXES, process_max
+from jaxmath.progress import progress_bar
 from jaxmath.train.run import Run, load_params, make_pipeline
 from jaxmath.train.step import to_global
 
@@ -45,7 +45,7 @@ def precompute(forward: Forward, params: Any, batches: Iterable[Mapping[str, np.
     spec = PartitionSpec(BATCH_AXES)
     stream = iter(batches)
     tables = []
-    for _ in tqdm(range(passes), desc=desc, unit="batch", disable=jax.process_index() != 0):
+    for _ in progress_bar(range(passes), desc=desc, unit="batch", quiet=jax.process_index() != 0):
         fields = forward(params, to_global(next(stream, padding), shardings))
         local = multihost_utils.global_array_to_host_local_array({c: fields[c] for c in columns}, mesh, spec)
         tables.append(np.stack([np.asarray(local[c], np.float32) for c in columns], axis=1))

@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec
 from jaxmath.inference.config import offset_seed
 from jaxmath.inference.loading import stop_token_ids
 from jaxmath.inference.sampler import GenerationOutput, generate, truncate_at_stop
+from jaxmath.inference.weights import DecodeWeights, prepare_weights
 from jaxmath.objectives import compute_advantages, metric_means
 from jaxmath.objectives.grpo import policy_log_probs
 from jaxmath.parallel import BATCH_AXES, all_process_rows
@@ -107,17 +108,28 @@ def _rows(values: list[Any]) -> np.ndarray:
     return out
 
 
-def sample(rl: RLRun, params: Any, prompts: dict[str, Any], seed: int) -> dict[str, Any]:
-    """G completions per prompt from the current params: tokens, log-probs, lengths, texts, truncation."""
-    s, tokenizer = rl.grpo.sampling, rl.run.tokenizer
-    model = nnx.merge(rl.run.graphdef, params)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tokens = to_global(prompts, {k: rl.run.batch_sharding[k] for k in ("input_ids", "attention_mask")})
+def rollout_weights(rl: RLRun, params: Any) -> DecodeWeights:
+    """The sampler's copy of the current params (compute dtype, per layer), made once per iteration."""
     with jax.set_mesh(rl.run.mesh):
-        out = generate(model, tokens["input_ids"], tokens["attention_mask"],
+        return prepare_weights(nnx.merge(rl.run.graphdef, params))
+
+
+def sample(rl: RLRun, weights: DecodeWeights, prompts: dict[str, Any], seed: int) -> dict[str, Any]:
+    """G completions per prompt: tokens, log-probs, lengths, texts, truncation. In one process each prompt is
+    prefilled once for its G samples; over several, every process passes its rows (prompts repeated G
+    times) as its share of one global batch."""
+    s, tokenizer = rl.grpo.sampling, rl.run.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    group = rl.grpo.group_size if jax.process_count() == 1 else 1
+    if group > 1:
+        tokens = {k: prompts[k][::group] for k in ("input_ids", "attention_mask")}
+    else:
+        tokens = to_global(prompts, {k: rl.run.batch_sharding[k] for k in ("input_ids", "attention_mask")})
+    with jax.set_mesh(rl.run.mesh):
+        out = generate(weights, tokens["input_ids"], tokens["attention_mask"],
                        max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                        min_p=s.min_p, eos_token_id=rl.eos_ids, pad_token_id=pad, seed=seed,
-                       stop_strings=s.stop_strings or None, tokenizer=tokenizer)
+                       stop_strings=s.stop_strings or None, tokenizer=tokenizer, num_samples=group)
     local = GenerationOutput(*(_local(x) for x in (out.sequences, out.logprobs, out.sampling_logprobs,
                                                    out.lengths)))
     tokens, lengths = local.sequences[:, -s.max_new_tokens:], local.lengths
@@ -147,11 +159,14 @@ def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[
     g = rl.grpo
     local_groups = g.prompts_per_step // jax.process_count()
     parts, sampled_groups, zero_variance, timings = [], 0, 0, {"rollout_seconds": 0.0, "reward_seconds": 0.0}
+    start = time.perf_counter()
+    weights = rollout_weights(rl, params)
+    timings["rollout_seconds"] += time.perf_counter() - start
     for round_index in range(g.max_sampling_rounds if g.dynamic_sampling else 1):
         batch = next(prompts)
         start = time.perf_counter()
         seed = offset_seed(g.sampling.seed + iteration * 101 + round_index, rl.run.config.train.seed)
-        rollout = sample(rl, params, batch, seed=seed)
+        rollout = sample(rl, weights, batch, seed=seed)
         timings["rollout_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
         scored = score(rl, rollout, batch["records"])

@@ -20,7 +20,6 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from jaxmath.checkpoint import peft_io
 from jaxmath.checkpoint.convert import model_config_from_hf
@@ -34,6 +33,7 @@ from jaxmath.models.attention import describe as describe_attention
 from jaxmath.models.config import REMAT_POLICIES, ModelConfig
 from jaxmath.models.transformer import build_model
 from jaxmath.parallel import initialize_distributed, make_mesh, sync_processes
+from jaxmath.progress import progress_bar
 from jaxmath.tracking import check_wandb
 from jaxmath.train import remat
 from jaxmath.train.checkpointing import TrainCheckpointer
@@ -327,7 +327,7 @@ def _loop(run: Run, task: Task, state: TrainState, data: Iterator, checkpointer:
     log steps, with the evaluation of that step); evaluation and checkpoints on their cadences; the final export."""
     tc = run.config.train
     description, unit = task.progress
-    bar = tqdm(total=tc.steps, initial=start, desc=description, unit=unit, disable=not progress)
+    bar = progress_bar(total=tc.steps, initial=start, desc=description, unit=unit, quiet=not progress)
     bad_updates, last, accuracy = 0, None, None
     evaluation: dict[str, float] = {}
     extra: dict[str, float] = {}  # a step's evaluation, written with its row
