@@ -635,9 +635,13 @@ def grpo_rows(section: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "total_s" not in p:
         return [(work, "", part_status(p) if p else section.get("error", ""))]
     share = p["rollout_s"] / p["total_s"] if p["total_s"] else 0.0
+    compiled = f" ({p['warmup_compile_s']:.1f} s XLA compile)" if "warmup_compile_s" in p else ""
+    ratio = (f"; first update |log ratio| trainer vs sampler mean {p['log_ratio_mean']:.1e}, max "
+             f"{p['log_ratio_max']:.1e}" if "log_ratio_max" in p else "")
     return [(work, f"{p['total_s']:.2f} s/iteration (rollout {p['rollout_s']:.2f} s = {share:.0%}, reward "
                    f"{p['reward_s']:.2f}, log-probs {p['logprob_s']:.2f}, update {p['update_s']:.2f}); first "
-                   f"iteration {p['warmup_s']:.1f} s; rollout {rate(p['rollout_tok_s'])}", part_status(p))]
+                   f"iteration {p['warmup_s']:.1f} s{compiled}; rollout {rate(p['rollout_tok_s'])}{ratio}",
+             part_status(p))]
 
 
 def trainer_rows(section: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -8,6 +8,12 @@ micro-batches of 8 rows (optimizer.grad_accum). Rewards: `correctness` (the veri
 the decoded text; random text scores 0) + `numeric`. Variants: beta 0 and beta 0.04 (a reference log-prob
 pass), 1 and 2 minibatches, mu 1.
 
+Next to the times: the warm-up iteration's XLA compile seconds (jax's monitoring events; a second run reads the
+programs from the persistent compilation cache), and, before the first update, mean and max |log ratio| between
+the trainer's log-prob pass and the sampler's log-probs of the same tokens (the first update's importance ratio
+is exp(log ratio); tests/test_rollout_logprobs.py states the tolerances). `--dtype bfloat16` computes the CPU
+workloads in bfloat16 (weights stay float32, as GRPO's mixed precision keeps them).
+
 Every piece is the loop's own (`jaxmath.train.rl`: build_rl_run, collect, rollout_batch, update_policy,
 in the order train_grpo calls them); the bench only times them. A fixed workload needs every completion to be
 exactly max_new_tokens long, so the run's stop ids are emptied (`RLRun.eos_ids = []`, as the peers put eos
@@ -106,11 +112,12 @@ def prepare_inputs(records: list[Any], tmp: Path, fmt_name: str, prompt_len: int
 
 
 def small_config(model_dir: Path, tokenizer: Path, prompts: Path, out: Path, w: Workload, beta: float,
-                 minibatches: int, steps: int) -> dict[str, Any]:
-    """The CPU run: the peers' checkpoint, float32, one device, the workload's GRPO shapes."""
+                 minibatches: int, steps: int, dtype: str = "float32") -> dict[str, Any]:
+    """The CPU run: the peers' checkpoint, float32 weights computed in `dtype`, one device, the workload's GRPO
+    shapes."""
     return {
         "objective": "grpo", "output_dir": str(out),
-        "model": {"path": str(model_dir), "dtype": "float32"},
+        "model": {"path": str(model_dir), "dtype": dtype},
         "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
         "optimizer": {**PEER_ADAMW, "schedule": "constant", "clip_norm": None,
                       "grad_accum": max(1, w.prompts * w.group_size // minibatches // w.micro_rows)},
@@ -149,10 +156,30 @@ def reference_config(path: Path, tokenizer: Path, prompts: Path, out: Path, beta
 # ---------------------------------------------------------------- one variant
 
 
+def first_update_log_ratio(rl: Any, params: Any, groups: dict[str, Any]) -> dict[str, float]:
+    """mean and max |log ratio| over the scored tokens of an iteration's rollouts: the trainer's log-prob pass
+    (`RLRun.logprob_fn`, what the loss computes; minibatch by minibatch as the loop runs it) minus the sampler's
+    log-probs. Taken before the first update, where the importance ratio exp(log ratio) should be 1."""
+    from jaxmath.train.rollout import train_batch
+    from jaxmath.train.step import to_global
+
+    rows = len(groups["lengths"])
+    batch = train_batch(groups["input_ids"], groups["attention_mask"], groups["tokens"], groups["lengths"],
+                        groups["logprobs"], np.zeros(rows), np.ones(rows))
+    step, train = rl.minibatch_rows, []
+    for first in range(0, rows, step):
+        chunk = to_global({k: batch[k][first:first + step] for k in ("input_ids", "attention_mask")},
+                          {k: rl.run.batch_sharding[k] for k in ("input_ids", "attention_mask")})
+        train.append(np.asarray(rl.logprob_fn(params, chunk)))
+    gap = np.abs(np.concatenate(train).astype(np.float64) - batch["old_logprobs"])[batch["completion_mask"] > 0]
+    return {"log_ratio_mean": float(gap.mean()), "log_ratio_max": float(gap.max())}
+
+
 def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
     """Build the run, then time `warmup + iters` iterations of collect -> rollout_batch -> updates."""
     import jax
 
+    from jaxmath.compilation import CompileClock
     from jaxmath.config import from_dict
     from jaxmath.data.formats import get_format
     from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
@@ -173,21 +200,28 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
     state = init_train_state(params, run.optimizer, tc.seed, run.shardings, run.trainable)
     ref_params = rl.copy_params(state.params) if g.loss.beta > 0 else None
     jax.block_until_ready((state, ref_params))
-    rows = []
+    rows, mismatch = [], {}
     for iteration in range(1, warmup + iters + 1):
-        start, cpu_start = time.perf_counter(), time.process_time()
+        clock, start, cpu_start = CompileClock(), time.perf_counter(), time.process_time()
         groups, stats = collect(rl, state.params, prompts, iteration)
         collected = time.perf_counter()
         batch = rollout_batch(rl, state.params, ref_params, groups)
         prepared = time.perf_counter()
+        if iteration == 1:  # not part of the loop: its time (and any compile in it) is left out of the figures
+            paused, compiled = time.perf_counter(), clock.read()["compile_seconds"]
+            mismatch = first_update_log_ratio(rl, state.params, groups)
+            start += time.perf_counter() - paused
+            prepared = time.perf_counter()
+            left_out_compile = clock.read()["compile_seconds"] - compiled
         state, updates = update_policy(rl, state, batch, iteration)  # reads the metrics back: finished
         tokens = sum(u["tokens"] for u in updates)
         done = time.perf_counter()
+        compile_s = clock.read()["compile_seconds"] - (left_out_compile if iteration == 1 else 0.0)
         if np.any(groups["lengths"] != g.sampling.max_new_tokens):
             raise SystemExit(f"completion lengths {sorted(set(groups['lengths'].tolist()))} != "
                              f"{g.sampling.max_new_tokens}: "
                              "not the fixed workload")
-        row = {"total_s": done - start, "cpu_s": time.process_time() - cpu_start,
+        row = {"total_s": done - start, "compile_s": compile_s, "cpu_s": time.process_time() - cpu_start,
                "rollout_s": stats["rollout_seconds"], "reward_s": stats["reward_seconds"],
                "logprob_s": prepared - collected, "update_s": done - prepared,
                "rollout_tok_s": stats["generated_tokens"] / stats["rollout_seconds"],
@@ -197,10 +231,12 @@ def run_variant(raw: dict[str, Any], warmup: int, iters: int) -> dict[str, Any]:
         rest = row["total_s"] - sum(row[k] for k in ("rollout_s", "reward_s", "logprob_s", "update_s"))
         print(f"  iteration {iteration}/{warmup + iters} ({kind}): {row['total_s']:.1f} s = rollout "
               f"{row['rollout_s']:.1f} + reward {row['reward_s']:.2f} + log-probs {row['logprob_s']:.1f} + update "
-              f"{row['update_s']:.1f} (+ other {rest:.2f}); {row['cpu_s']:.1f} CPU s", flush=True)
+              f"{row['update_s']:.1f} (+ other {rest:.2f}); XLA compile {row['compile_s']:.1f} s of it; "
+              f"{row['cpu_s']:.1f} CPU s", flush=True)
     steady = rows[warmup:]
     summary = {key: statistics.median(r[key] for r in steady) for key in steady[0]}
-    return {"warmup_s": rows[0]["total_s"], **summary, "iterations_s": [r["total_s"] for r in steady],
+    return {"warmup_s": rows[0]["total_s"], "warmup_compile_s": rows[0]["compile_s"], **summary, **mismatch,
+            "iterations_s": [r["total_s"] for r in steady], "dtype": run.model_config.dtype,
             "params": run.model_config.num_params(), "devices": jax.device_count(),
             "attention_impl": run.model_config.attention_impl, "remat": run.model_config.remat}
 
@@ -250,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/jaxmath_bench_small"),
                         help="where the peers' small checkpoint is built once (shared with bench/generate.py)")
     parser.add_argument("--config", type=Path, default=REFERENCE_CONFIG, help="the reference GRPO config (gpu)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="compute dtype of the CPU workloads (weights stay float32; gpu: the config's)")
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 1:
         parser.error("--iters and --warmup must be >= 1")
@@ -292,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             fmt, prompt_len, variants = "boxed", w.prompt_len, args.variants or list(w.variants)
             workload = (f"{w.name}: {w.prompts} prompts x {w.group_size} completions x {w.new_tokens} tokens, "
                         f"prompts padded to {w.prompt_len}, temperature {w.temperature}, micro-batches of "
-                        f"{w.micro_rows} rows, peers' small Qwen2, float32")
+                        f"{w.micro_rows} rows, peers' small Qwen2, float32 weights, {args.dtype} compute")
         from jaxmath.data.sources import load_source
 
         records = load_source("gsm8k", split="train", data_dir=args.data_dir)
@@ -303,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             out = tmp / f"run_{beta}_{minibatches}"
             print(f"beta {beta}, minibatches {minibatches}:", flush=True)
             raw = (reference_config(args.config, tokenizer, prompts, out, beta, minibatches, steps) if on_reference
-                   else small_config(model_dir, tokenizer, prompts, out, w, beta, minibatches, steps))
+                   else small_config(model_dir, tokenizer, prompts, out, w, beta, minibatches, steps, args.dtype))
             results.append({"beta": beta, "minibatches": minibatches, **run_variant(raw, args.warmup, args.iters)})
         if args.peer_workload:
             tunix = tunix_figure(model_dir, tmp)
@@ -321,15 +359,19 @@ def print_report(workload: str, host: dict[str, Any], results: list[dict[str, An
           f"{host['backend']} device(s); median of {iters} timed iteration(s); host load average "
           f"{host['load_average_start']:.1f} -> {host['load_average_end']:.1f} on {os.cpu_count()} cores, peak RSS "
           f"{host['peak_rss_gib']:.1f} GiB")
-    print(f"{'variant':<16} {'warm-up s':>9} {'total s':>8} {'cpu s':>7} {'rollout s':>9} {'reward s':>8} "
-          f"{'logprob s':>9} {'update s':>8} {'rollout tok/s':>13} {'update tok/s':>12}")
+    print(f"{'variant':<16} {'warm-up s':>9} {'compile s':>9} {'total s':>8} {'cpu s':>7} {'rollout s':>9} "
+          f"{'reward s':>8} {'logprob s':>9} {'update s':>8} {'rollout tok/s':>13} {'update tok/s':>12} "
+          f"{'|log ratio| mean':>16} {'max':>8}")
     for r in results:
         print(f"{'beta ' + str(r['beta']) + ', mb ' + str(r['minibatches']):<16} {r['warmup_s']:>9.1f} "
-              f"{r['total_s']:>8.2f} {r['cpu_s']:>7.1f} {r['rollout_s']:>9.2f} {r['reward_s']:>8.2f} "
-              f"{r['logprob_s']:>9.2f} {r['update_s']:>8.2f} {r['rollout_tok_s']:>13.1f} {r['update_tok_s']:>12.1f}")
+              f"{r['warmup_compile_s']:>9.1f} {r['total_s']:>8.2f} {r['cpu_s']:>7.1f} {r['rollout_s']:>9.2f} "
+              f"{r['reward_s']:>8.2f} {r['logprob_s']:>9.2f} {r['update_s']:>8.2f} {r['rollout_tok_s']:>13.1f} "
+              f"{r['update_tok_s']:>12.1f} {r['log_ratio_mean']:>16.2e} {r['log_ratio_max']:>8.2e}")
     print("cpu s = this process's CPU seconds in the iteration, all threads (steadier than wall time on a shared "
-          "host); logprob s = the reference (beta > 0) log-prob pass; update tok/s counts scored completion "
-          "tokens, as metrics.jsonl does")
+          "host); compile s = XLA compile (or compilation-cache read) seconds of the warm-up iteration; logprob s "
+          "= the reference (beta > 0) log-prob pass; update tok/s counts scored completion tokens, as "
+          "metrics.jsonl does; |log ratio| = |trainer log-prob - sampler log-prob| over the scored tokens before "
+          "the first update (the importance ratio there is exp(log ratio))")
     if tunix is not None:
         print(f"tunix GRPOLearner, same workload and checkpoint: {tunix['s_per_iter']:.2f} s/iter median (iterations "
               f"{tunix['iters']}), first iteration {tunix['first_iter_s']:.1f} s; source: {tunix['source']}")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxmath.commands.options import add_quiet_argument
+from jaxmath.commands.options import add_compile_cache_argument, add_quiet_argument
 from jaxmath.config import from_dict
 from jaxmath.progress import configure_logging
 
@@ -90,18 +90,21 @@ def stage_configs(out: Path, sft_steps: int | None = None, grpo_steps: int | Non
 
 def run_demo(output_dir: str | Path, sft_steps: int | None = None, grpo_steps: int | None = None,
              held_out: int | None = None, problems: dict[str, int] | None = None,
-             quiet: bool = False) -> dict[str, Any]:
+             quiet: bool = False, compile_cache: str | None = None) -> dict[str, Any]:
     """SFT -> GRPO -> export -> transformers, with before/after held-out accuracy; returns summary.json.
-    `quiet` turns the training progress bars off."""
+    `quiet` turns the training progress bars off; `compile_cache` sets both stages' train.compile_cache
+    (default: auto)."""
     from jaxmath.train.config import TrainConfig
     from jaxmath.train.metrics import plot_metrics
     from jaxmath.train.trainer import load_records, train
 
     out = Path(output_dir)
     sft_raw, grpo_raw = stage_configs(out, sft_steps, grpo_steps, problems)
-    if held_out is not None:
-        for raw in (sft_raw, grpo_raw):
+    for raw in (sft_raw, grpo_raw):
+        if held_out is not None:
             raw["train"]["eval_generate"] = held_out
+        if compile_cache is not None:
+            raw["train"]["compile_cache"] = compile_cache
     sft_config, start = from_dict(TrainConfig, sft_raw), time.perf_counter()
     log.info("[demo] 1/4 SFT: a tokenizer and a randomly initialised %d-layer model on %s problems, in %s",
              MODEL["num_hidden_layers"], ", ".join(sft_raw["data"]["synthetic"]), out / "sft")
@@ -153,6 +156,7 @@ def demo_main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         help="generated problems for both stages (default "
                              + " ".join(f"{k}={v}" for k, v in DATA["synthetic"].items()) + ")")
     add_quiet_argument(parser)
+    add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
     configure_logging(args.quiet)
     problems = None
@@ -161,5 +165,6 @@ def demo_main(argv: list[str] | None = None, prog: str | None = None) -> int:
             problems = {name: int(count) for name, count in (item.split("=", 1) for item in args.problems)}
         except ValueError:
             parser.error(f"--problems takes GENERATOR=COUNT items, got {args.problems}")
-    run_demo(args.output_dir, args.sft_steps, args.grpo_steps, args.held_out, problems, args.quiet)
+    run_demo(args.output_dir, args.sft_steps, args.grpo_steps, args.held_out, problems, args.quiet,
+             args.compile_cache)
     return 0

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxmath.commands import COMMANDS, run_command
-from jaxmath.commands.options import add_quiet_argument
+from jaxmath.commands.options import add_compile_cache_argument, add_quiet_argument
+from jaxmath.compilation import ENV_VAR
 from jaxmath.config import ConfigError, load_config
 from jaxmath.progress import configure_logging
 from jaxmath.recipe.evolve import EvolveSection
@@ -432,7 +433,10 @@ def pipeline_main(argv: list[str] | None = None, prog: str | None = None) -> int
                         help="check the stages' hand-offs and print each training stage's compiled step memory per "
                              "device (against this device's memory); load no weights, run nothing")
     add_quiet_argument(parser)
+    add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
+    if args.compile_cache is not None:  # every stage's `auto` (train stages and commands alike) follows the flag
+        os.environ[ENV_VAR] = args.compile_cache
     configure_logging(args.quiet)
     try:
         config = load_config(PipelineConfig, args.config)

@@ -137,6 +137,8 @@ def test_smoke_runs_every_section(gpu, tmp_path):
 
     grpo = sections["grpo"]["parts"]["grpo"]
     assert grpo["total_s"] > 0 and grpo["rollout_tok_s"] > 0 and grpo["config"] == "qwen2.5-0.5b-instruct-gsm8k.yaml"
+    assert grpo["warmup_compile_s"] > 0 and grpo["dtype"] == "bfloat16"
+    assert 0 <= grpo["log_ratio_mean"] <= grpo["log_ratio_max"] <= 0.1  # bfloat16 (tests/test_rollout_logprobs.py)
 
     trainer = sections["trainer"]["parts"]["trainer-check"]
     assert trainer["logits_match"] and trainer["max_logit_diff"] <= gpu.LOGIT_TOLERANCE * max(1, trainer["max_logit"])

@@ -177,8 +177,10 @@ def test_loop_logs_metrics_and_resumes_exactly(tmp_path):
     for key in ("reward_mean", "reward_std", "reward/correctness_mean", "reward/length_bonus_std", "accuracy",
                 "kl_mean", "clip_fraction", "entropy_mean", "completion_length_mean", "completion_length_max",
                 "zero_variance_groups", "rollout_tokens_per_second", "update_tokens_per_second", "rollout_seconds",
-                "reward_seconds", "update_seconds", "loss", "grad_norm", "learning_rate"):
+                "reward_seconds", "update_seconds", "loss", "grad_norm", "learning_rate", "compile_seconds",
+                "compile_cache_hits", "iteration_seconds"):
         assert key in rows[-1], key
+    assert rows[0]["compile_seconds"] > 0  # the first iteration compiles (or reads from the cache) its programs
     assert np.isfinite(rows[-1]["loss"]) and rows[-1]["completion_length_max"] <= 12
     assert straight["reward_mean"] == rows[-1]["reward_mean"]
 

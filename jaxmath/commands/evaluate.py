@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from jaxmath.commands.options import (DTYPE_CHOICES, PRM_AGGREGATIONS, add_quiet_argument, add_sampling_arguments,
-                                      sampling_from_args)
+from jaxmath.commands.options import (DTYPE_CHOICES, PRM_AGGREGATIONS, add_compile_cache_argument,
+                                      add_quiet_argument, add_sampling_arguments, sampling_from_args)
 from jaxmath.inference.config import Sampling
 from jaxmath.progress import configure_logging
 from jaxmath.solve.defaults import EVAL_STRATEGIES, NEEDS_PRM
@@ -72,6 +72,7 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
                              f"these isolation layers on this machine (layers: {', '.join(LAYERS)})")
     parser.add_argument("--out", required=True, help="output directory for samples.jsonl and summary.json")
     add_quiet_argument(parser)
+    add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
     configure_logging(args.quiet)
     if args.strategy == "sample" and (args.select == "prm") != (args.prm is not None):
@@ -81,6 +82,7 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.num_samples > 1 and args.temperature == 0.0:
         print("warning: --num-samples > 1 with greedy decoding gives identical samples", file=sys.stderr)
     from jaxmath.checkpoint import CheckpointError
+    from jaxmath.compilation import enable_compile_cache
     from jaxmath.data.sources import SourceError
     from jaxmath.evaluation import EvaluationError, evaluate, summary_table
     from jaxmath.verify.sandbox import SandboxUnavailable, require_layers
@@ -88,6 +90,7 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     start = time.perf_counter()
     try:
         sampling = sampling_from_args(args)
+        enable_compile_cache(args.compile_cache, source="--compile-cache")
         if args.require_sandbox:
             require_layers(args.require_sandbox)
         summary = evaluate(args.model, args.benchmarks, args.out, args.data_dir, args.format, args.num_samples,

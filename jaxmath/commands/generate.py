@@ -5,7 +5,8 @@ import argparse
 import sys
 import time
 
-from jaxmath.commands.options import DTYPE_CHOICES, add_quiet_argument, add_sampling_arguments, sampling_from_args
+from jaxmath.commands.options import (DTYPE_CHOICES, add_compile_cache_argument, add_quiet_argument,
+                                      add_sampling_arguments, sampling_from_args)
 from jaxmath.inference.config import Sampling
 from jaxmath.progress import configure_logging
 
@@ -27,10 +28,12 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int
                         help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     add_quiet_argument(parser)
+    add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
     configure_logging(args.quiet)
     import jax
 
+    from jaxmath.compilation import enable_compile_cache
     from jaxmath.inference.completions import sample_completions
     from jaxmath.inference.loading import load_for_generation
 
@@ -41,6 +44,7 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> int
                 prompts += [line.rstrip("\n") for line in handle if line.strip()]
         if not prompts:
             parser.error("give at least one --prompt or a --prompts-file")
+        enable_compile_cache(args.compile_cache, source="--compile-cache")
         model, tokenizer, eos_ids, mesh = load_for_generation(args.model, args.dtype, args.tokenizer)
         if args.format != "raw":
             prompts = [render_prompt(get_format(args.format), p, tokenizer) for p in prompts]

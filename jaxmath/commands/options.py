@@ -1,4 +1,5 @@
-"""Flags more than one command takes: model dtypes, the decoding flags (one per `Sampling` field) and --quiet."""
+"""Flags more than one command takes: model dtypes, the decoding flags (one per `Sampling` field), --quiet
+and the XLA compilation cache."""
 from __future__ import annotations
 
 import argparse
@@ -44,3 +45,11 @@ def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
     """--quiet: no progress bars and no INFO logs (warnings and errors only); the command's result still prints."""
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars or progress logs, only warnings, errors and the result")
+
+
+def add_compile_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """--compile-cache DIR|off: where XLA's persistent compilation cache lives (jaxmath.compilation)."""
+    parser.add_argument("--compile-cache", default=None, metavar="DIR|off",
+                        help="XLA compilation cache directory, or off (default: $JAXMATH_COMPILE_CACHE, else "
+                             "$XDG_CACHE_HOME/jaxmath/xla or ~/.cache/jaxmath/xla); a second run of the same "
+                             "programs loads them instead of compiling")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxmath.commands.options import add_quiet_argument
+from jaxmath.commands.options import add_compile_cache_argument, add_quiet_argument
 from jaxmath.progress import configure_logging
 
 
@@ -26,7 +26,10 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--wandb-project", default=None, metavar="NAME",
                         help="log to this Weights & Biases project (sets logging.wandb.project)")
     add_quiet_argument(parser)
+    add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
+    if args.compile_cache is not None:  # the flag beats the config's train.compile_cache
+        args.set.append(f"train.compile_cache={json.dumps(args.compile_cache)}")
     if args.wandb_project is not None:
         args.set.insert(0, f"logging.wandb.project={json.dumps(args.wandb_project)}")
     configure_logging(args.quiet)

@@ -128,6 +128,9 @@ class TrainSection:
     export_hf: bool = True  # write final_model/ (jaxmath) and hf/ (transformers) at the end
     push_to_hub: str | None = None  # "user/name": upload hf/ with a generated model card after the export
     hub_private: bool = False  # create that repository private
+    # XLA's persistent compilation cache: auto ($JAXMATH_COMPILE_CACHE, else ~/.cache/jaxmath/xla), a directory,
+    # or off (jaxmath.compilation)
+    compile_cache: str | bool = "auto"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.log_every < 1:

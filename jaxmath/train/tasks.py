@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxmath.compilation import CompileClock
 from jaxmath.data.formats import PromptFormat, get_format
 from jaxmath.data.pipelines import (Pipeline, PipelineOptions, preference_pipeline, prm_pipeline, rl_prompt_pipeline,
                                     sft_pipeline)
@@ -389,7 +390,9 @@ class GRPOTask(Task):
 
     def step(self, run: Run, state: TrainState, data: Iterator, step: int) -> tuple[TrainState, Any]:
         """One iteration: rollouts and rewards, the loss's batch, the updates (read back), then, every
-        `ref_refresh_every` iterations, the reference <- the policy."""
+        `ref_refresh_every` iterations, the reference <- the policy. Its statistics split the wall time into
+        `compile_seconds` (XLA compiles and persistent-cache reads) and `iteration_seconds` (the rest)."""
+        clock, begin = CompileClock(), time.perf_counter()
         groups, stats = collect(self.rl, state.params, data, step)
         batch = rollout_batch(self.rl, state.params, self.ref_params, groups)
         start = time.perf_counter()
@@ -397,6 +400,10 @@ class GRPOTask(Task):
         seconds = time.perf_counter() - start
         if self.keeps_reference and step % run.config.grpo.ref_refresh_every == 0:
             self.ref_params = self.rl.copy_params(state.params)
+        compiled = clock.read()  # the updates were read back: every program of the iteration has run
+        stats = {**stats, "compile_seconds": compiled["compile_seconds"],
+                 "compile_cache_hits": float(compiled["compile_cache_hits"]),
+                 "iteration_seconds": time.perf_counter() - begin - compiled["compile_seconds"]}
         return state, (groups, stats, updates, seconds)
 
     def settle(self, run: Run, step: int, outcome: Any, logged: bool) -> Settled:

@@ -25,6 +25,7 @@ from jaxmath.checkpoint import peft_io
 from jaxmath.checkpoint.convert import model_config_from_hf
 from jaxmath.checkpoint.hub import resolve_model_dir
 from jaxmath.checkpoint.pretrained import hf_config_of, is_jaxmath_dir
+from jaxmath.compilation import enable_compile_cache
 from jaxmath.config import dump_yaml
 from jaxmath.data.formats import get_format
 from jaxmath.data.tokenizer import ensure_pad_token, load_tokenizer, train_tokenizer
@@ -153,6 +154,7 @@ def build_run(config: TrainConfig, output_dir: str | Path | None = None, with_da
     steps. Without data (dry runs) the tokenizer is built only when the vocabulary size depends on it.
     `task` defaults to the objective's (`jaxmath.train.tasks.task_for`)."""
     task = task or task_for(config)
+    enable_compile_cache(config.train.compile_cache, source="train.compile_cache")
     out = ensure_writable(Path(output_dir or config.output_dir))
     config = with_measured_remat(config, output_dir)
     mesh = make_mesh(config.mesh)
