@@ -78,14 +78,15 @@ def timed(call, repeats: int) -> tuple[float, list[float], object]:
     return warm, times, out
 
 
-def bench_jaxmath(model, prompts: np.ndarray, repeats: int, new_tokens: int = NEW_TOKENS) -> dict:
-    """Greedy jaxmath.generate of `new_tokens` after `prompts`: warm-up (compiling) and timed seconds."""
+def bench_jaxmath(weights, prompts: np.ndarray, repeats: int, new_tokens: int = NEW_TOKENS) -> dict:
+    """Greedy jaxmath.generate of `new_tokens` after `prompts` on the decode copy of the weights (made once, as
+    evaluation and each GRPO iteration do): warm-up (compiling) and timed seconds."""
     import jax
 
     import jaxmath
 
     def call():
-        out = jaxmath.generate(model, prompts, max_new_tokens=new_tokens)
+        out = jaxmath.generate(weights, prompts, max_new_tokens=new_tokens)
         return jax.block_until_ready(out.sequences)
 
     warm, times, out = timed(call, repeats)
@@ -102,19 +103,6 @@ def read_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
         array.sum()
         best = min(best, time.perf_counter() - start)
     return array.nbytes / best
-
-
-def decode_weight_bytes(model, dtype: str) -> int:
-    """Bytes of weights one decode step must read: every parameter but the input embedding table (a step gathers
-    `batch` rows of it; with tied embeddings the table is the output head and counts), in the compute dtype."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    if not model.config.tie_word_embeddings:
-        count -= model.model.embed_tokens[...].size
-    return count * jnp.dtype(dtype).itemsize
 
 
 def peer_prompts(peers: Path, vocab: int) -> np.ndarray:
@@ -194,17 +182,31 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     bandwidth = read_bandwidth()
     model_dir = Path(args.model) if args.model else build_small(Path(args.cache_dir))
+    from jaxmath.inference.sampler import decode_cost
+    from jaxmath.inference.weights import prepare_weights
+
     model = jaxmath.from_pretrained(model_dir, dtype=args.dtype)
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
-    ours_bytes, float32_bytes = decode_weight_bytes(model, args.dtype), decode_weight_bytes(model, "float32")
+    start = time.perf_counter()
+    weights = jax.block_until_ready(prepare_weights(model))
+    prepare_s = time.perf_counter() - start
+    ours_bytes = weights.nbytes_read_per_step()
+    float32_bytes = ours_bytes // jax.numpy.dtype(args.dtype).itemsize * 4
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), prompt {PROMPT_LEN}, "
           f"{NEW_TOKENS} new tokens, greedy, repeats {args.repeats}; load average {load[0]:.1f} on "
           f"{os.cpu_count()} cores; read bandwidth {bandwidth / 1e9:.1f} GB/s; weights read per decode step "
-          f"{ours_bytes / 1e6:.1f} MB (jaxmath, {args.dtype}), {float32_bytes / 1e6:.1f} MB (float32)", flush=True)
+          f"{ours_bytes / 1e6:.1f} MB (jaxmath, {args.dtype}), {float32_bytes / 1e6:.1f} MB (float32); decode copy "
+          f"of the weights made in {prepare_s:.2f}s (once per run)", flush=True)
     rows = []
     for batch in args.batches:
         prompts = np.random.default_rng(1234).integers(0, vocab, (batch, PROMPT_LEN), dtype=np.int64)
-        ours = bench_jaxmath(model, prompts.astype(np.int32), args.repeats)
+        ours = bench_jaxmath(weights, prompts.astype(np.int32), args.repeats)
+        cost = decode_cost(weights, batch, PROMPT_LEN, NEW_TOKENS)
+        print(f"batch {batch}: bytes per decode step, mean over the run: XLA cost analysis "
+              f"{cost['xla_bytes'] / 1e6:.1f} MB ({cost['xla_bytes_gather_rows'] / 1e6:.1f} MB counting the "
+              f"embedding gather as the {batch} rows it reads) vs minimum (weights + filled KV) "
+              f"{cost['minimum_bytes'] / 1e6:.1f} MB: {cost['xla_bytes_gather_rows'] / cost['minimum_bytes']:.2f}x",
+              flush=True)
         theirs = None if args.skip_transformers else bench_transformers(model_dir, prompts, args.repeats, args.threads)
         reference = ours["tokens"] if theirs is None else theirs["tokens"]
         same = None if theirs is None else float(np.mean(ours["tokens"] == theirs["tokens"]))

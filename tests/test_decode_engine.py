@@ -45,7 +45,7 @@ def test_prefill_then_decode_steps_equal_the_full_forward(model_type, overrides)
         np.testing.assert_allclose(np.asarray(logits)[r // group], ref[lengths[r // group] - 1], atol=1e-5)
     suffix_keys, suffix_values = empty_suffix(4, 8, weights, keys[0].dtype)
     cache = Cache(tuple(keys), tuple(values), jnp.asarray(lengths), suffix_keys, suffix_values,
-                  jnp.zeros(4, jnp.int32))
+                  jnp.zeros(4, jnp.int32), jnp.int32(5))  # any ring slot to start from
     for t in range(steps):
         positions = jnp.asarray(np.repeat(lengths, group) + t)
         step_logits, cache = decode_step(weights, jnp.asarray(continuations[:, t]), positions, cache)

@@ -8,8 +8,10 @@ The cache has two parts. The prefix holds each prompt once: U prompts, keys [U, 
 [U, K, P, H]. The suffix holds what each of the B = U x G rows generated: keys [B, K, H, S], values
 [B, K, S, H]; row r continues prompt r // G, so the G samples of a prompt share its keys and values, and a
 decode step reads them once per prompt. Keys are stored head_dim-major so both attention products are plain
-matrix products (no per-step transpose of the cache). Only the first `prefix_lengths[u]` / `suffix_lengths[r]`
-slots are attended to; the caller sizes S in buckets so that few empty slots are read.
+matrix products (no per-step transpose of the cache). The suffix is a ring: every step writes all rows at one
+slot (`suffix_next`, a dynamic-update-slice in place, not a scatter), and row r sees the `suffix_lengths[r]`
+slots written last (rotary positions are already in the keys, so their order does not matter). Rows that start
+later (continuous batching) just see fewer. The caller sizes S in buckets so that few empty slots are read.
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ class Cache:
     prefix_lengths: jax.Array  # [U] prompt tokens in slots 0..len-1
     suffix_keys: tuple[jax.Array, ...]  # [B, K, H, S]
     suffix_values: tuple[jax.Array, ...]  # [B, K, S, H]
-    suffix_lengths: jax.Array  # [B] generated tokens whose keys are in slots 0..len-1
+    suffix_lengths: jax.Array  # [B] generated tokens whose keys are in the ring, the last len written
+    suffix_next: jax.Array  # scalar int32: the ring slot the next step writes
 
     @property
     def group_size(self) -> int:
@@ -124,7 +127,8 @@ def _attend_cached(q: jax.Array, layer: int, cache: Cache) -> jax.Array:
                                preferred_element_type=jnp.float32).reshape(u, g, kv, n // kv, -1)
     prefix_scores, suffix_scores = prefix_scores * h ** -0.5, suffix_scores * h ** -0.5
     prefix_seen = jnp.arange(pk.shape[-1]) < cache.prefix_lengths[:, None]  # [U, P]
-    suffix_seen = jnp.arange(sk.shape[-1]) < cache.suffix_lengths.reshape(u, g)[..., None]  # [U, G, S]
+    age = (cache.suffix_next - 1 - jnp.arange(sk.shape[-1])) % sk.shape[-1]  # 0: the slot written last
+    suffix_seen = age < cache.suffix_lengths.reshape(u, g)[..., None]  # [U, G, S]
     low = jnp.float32(-1e30)
     prefix_scores = jnp.where(prefix_seen[:, None, None, None], prefix_scores, low)
     suffix_scores = jnp.where(suffix_seen[:, :, None, None], suffix_scores, low)
@@ -139,26 +143,27 @@ def _attend_cached(q: jax.Array, layer: int, cache: Cache) -> jax.Array:
     return out.reshape(b, n, h).astype(q.dtype)
 
 
-def _write(cache_part: jax.Array, new: jax.Array, slots: jax.Array, axis: int) -> jax.Array:
-    """Write each row's new key or value (new [B, K, H]) at its own slot along `axis` (in place)."""
-    rows = jnp.arange(new.shape[0])
-    index = (rows, slice(None), slice(None), slots) if axis == 3 else (rows, slice(None), slots, slice(None))
-    return cache_part.at[index].set(new.astype(cache_part.dtype), mode="drop")
+def _write(cache_part: jax.Array, new: jax.Array, slot: jax.Array, axis: int) -> jax.Array:
+    """Write every row's new key or value (new [B, K, H]) at ring slot `slot` along `axis`, in place."""
+    start = [0, 0, 0, 0]
+    start[axis] = slot
+    return jax.lax.dynamic_update_slice(cache_part, jnp.expand_dims(new.astype(cache_part.dtype), axis), start)
 
 
 def decode_step(weights: DecodeWeights, tokens: jax.Array, positions: jax.Array,
                 cache: Cache) -> tuple[jax.Array, Cache]:
-    """Feed one token per row (tokens, positions [B]); their keys and values go to suffix slot
-    `cache.suffix_lengths[r]`, which then counts them. Returns float32 logits [B, V] and the new cache."""
+    """Feed one token per row (tokens, positions [B]); their keys and values go to ring slot
+    `cache.suffix_next`, and each row's suffix length counts them. Returns float32 logits [B, V] and the cache."""
     c = weights.config
-    slots = cache.suffix_lengths
-    cache = dataclasses.replace(cache, suffix_lengths=slots + 1)
+    slot = cache.suffix_next
+    cache = dataclasses.replace(cache, suffix_lengths=cache.suffix_lengths + 1,
+                                suffix_next=(slot + 1) % cache.suffix_slots)
     x = jnp.take(weights.embed, tokens[:, None], axis=0)  # [B, 1, E]
     suffix_keys, suffix_values = list(cache.suffix_keys), list(cache.suffix_values)
     for i, layer in enumerate(weights.layers):
         q, k, v = _qkv(layer, x, positions[:, None], weights)
-        suffix_keys[i] = _write(suffix_keys[i], k[:, 0], slots, axis=3)
-        suffix_values[i] = _write(suffix_values[i], v[:, 0], slots, axis=2)
+        suffix_keys[i] = _write(suffix_keys[i], k[:, 0], slot, axis=3)
+        suffix_values[i] = _write(suffix_values[i], v[:, 0], slot, axis=2)
         cache = dataclasses.replace(cache, suffix_keys=tuple(suffix_keys), suffix_values=tuple(suffix_values))
         x = _finish_block(layer, x, _attend_cached(q[:, 0], i, cache)[:, None], weights)
     return logits(weights, rms_norm(x[:, 0], weights.norm, c.rms_norm_eps)), cache
@@ -175,10 +180,12 @@ def empty_suffix(batch: int, slots: int, weights: DecodeWeights, dtype: Any) -> 
 
 
 def grow_suffix(cache: Cache, slots: int) -> Cache:
-    """The cache with room for `slots` suffix slots (existing entries kept): one copy per bucket change."""
-    extra = slots - cache.suffix_slots
-    keys = tuple(shard_activation(jnp.pad(k, ((0, 0), (0, 0), (0, 0), (0, extra))), KEY_AXES)
-                 for k in cache.suffix_keys)
-    values = tuple(shard_activation(jnp.pad(v, ((0, 0), (0, 0), (0, extra), (0, 0))), VALUE_AXES)
-                   for v in cache.suffix_values)
-    return dataclasses.replace(cache, suffix_keys=keys, suffix_values=values)
+    """The cache with room for `slots` suffix slots (entries kept): the ring is unrolled oldest-first and padded,
+    one copy per bucket change."""
+    extra, oldest = slots - cache.suffix_slots, cache.suffix_next
+    keys = tuple(shard_activation(jnp.pad(jnp.roll(k, -oldest, axis=3), ((0, 0), (0, 0), (0, 0), (0, extra))),
+                                  KEY_AXES) for k in cache.suffix_keys)
+    values = tuple(shard_activation(jnp.pad(jnp.roll(v, -oldest, axis=2), ((0, 0), (0, 0), (0, extra), (0, 0))),
+                                    VALUE_AXES) for v in cache.suffix_values)
+    return dataclasses.replace(cache, suffix_keys=keys, suffix_values=values,
+                               suffix_next=jnp.asarray(cache.suffix_slots, jnp.int32))

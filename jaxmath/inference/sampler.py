@@ -256,7 +256,7 @@ def _start(weights: DecodeWeights, ids: jax.Array, prompt_lengths: jax.Array, ke
     batch = ids.shape[0] * group_size
     suffix_keys, suffix_values = empty_suffix(batch, slots, weights, prefix_keys[0].dtype)
     cache = Cache(tuple(prefix_keys), tuple(prefix_values), prompt_lengths, suffix_keys, suffix_values,
-                  jnp.zeros((batch,), jnp.int32))
+                  jnp.zeros((batch,), jnp.int32), jnp.int32(0))
     new, width = static.max_new_tokens, 0 if tables is None else tables.width
     rows = _Rows(cache, jnp.zeros((batch,), jnp.int32), jnp.full((batch, new), static.pad_token_id, jnp.int32),
                  jnp.zeros((batch, new), jnp.float32), jnp.zeros((batch, new), jnp.float32),
@@ -454,7 +454,9 @@ def _insert(rows: _Rows, new: _Rows, groups: jax.Array) -> _Rows:
 
     prefix = ("prefix_keys", "prefix_values", "prefix_lengths")
     cache = Cache(**{f.name: jax.tree.map(put(groups if f.name in prefix else members), getattr(rows.cache, f.name),
-                                          getattr(new.cache, f.name)) for f in dataclasses.fields(Cache)})
+                                          getattr(new.cache, f.name))
+                     for f in dataclasses.fields(Cache) if f.name != "suffix_next"},
+                  suffix_next=rows.cache.suffix_next)  # the ring's write slot is shared; new rows see nothing yet
     return _Rows(cache, *(jax.tree.map(put(members), getattr(rows, f), getattr(new, f)) for f in _Rows._fields[1:]))
 
 
@@ -552,6 +554,37 @@ def generate_continuous(model: CausalLM | DecodeWeights, prompts: Sequence[Seque
         if bool(full) and bucket + 1 < len(buckets):
             bucket += 1
             rows = _grow_jit(rows, slots=buckets[bucket])
+
+
+def decode_cost(weights: DecodeWeights, batch: int, prompt_len: int, max_new_tokens: int,
+                num_samples: int = 1) -> dict[str, float]:
+    """Bytes per decode step over a whole run (every row generating `max_new_tokens`), by XLA's cost analysis of
+    the compiled step in each cache bucket the run passes through, next to the least a step must read: the
+    weights (`nbytes_read_per_step`) plus the filled keys and values (each prompt once, each row's tokens so
+    far). XLA counts a gather's whole table, so the figure with the embedding gather counted as the rows a step
+    reads is given too."""
+    static, knobs, tables = _settings(weights.config, max_new_tokens, 0.0, 1.0, 0, 0.0, None, 0, None, None)
+    prompts = batch // num_samples
+    ids = jnp.ones((prompts, prompt_len), jnp.int32)
+    keys = row_keys(0, jnp.arange(prompts), jnp.broadcast_to(jnp.arange(num_samples), (prompts, num_samples)))
+    step = jax.jit(_step, static_argnames=("static",), donate_argnums=(1,))  # in place, as inside the loop
+    c, item = weights.config, jnp.dtype(weights.dtype).itemsize
+    per_token_kv = 2 * c.num_layers * c.num_kv_heads * c.head_dim * item
+    xla = minimum = 0.0
+    steps, first = 0, 1
+    for slots in suffix_buckets(max_new_tokens):
+        rows = jax.eval_shape(functools.partial(_start, group_size=num_samples, slots=slots, static=static),
+                              weights, ids, jnp.full((prompts,), prompt_len, jnp.int32), keys, knobs, tables)
+        cost = step.lower(weights, rows, knobs, tables, static=static).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        filled = range(first, slots + 1)  # suffix tokens a step attends to in this bucket
+        xla += len(filled) * float(cost["bytes accessed"])
+        minimum += sum(weights.nbytes_read_per_step() + per_token_kv * (prompts * prompt_len + batch * n)
+                       for n in filled)
+        steps, first = steps + len(filled), slots + 1
+    gather_rows = batch * c.hidden_size * item - weights.embed.size * item
+    return {"xla_bytes": xla / steps, "xla_bytes_gather_rows": xla / steps + gather_rows,
+            "minimum_bytes": minimum / steps}
 
 
 def completion_texts(output: GenerationOutput, tokenizer: PreTrainedTokenizerBase,

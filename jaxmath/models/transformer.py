@@ -102,14 +102,16 @@ class CausalLM(nnx.Module):
         return self.lm_head[...]
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
-        """Project hidden states to vocabulary logits (compute dtype); losses can call this in chunks."""
-        logits = jnp.einsum("...e,ve->...v", hidden, self.head_weight().astype(hidden.dtype))
+        """Float32 vocabulary logits of hidden states (the products summed in float32 and not rounded to the
+        compute dtype, as the sampler's); losses call this in chunks."""
+        logits = jnp.einsum("...e,ve->...v", hidden, self.head_weight().astype(hidden.dtype),
+                            preferred_element_type=jnp.float32)
         return shard_activation(logits, ("batch", "length", "act_vocab"))
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
                  dropout_rng: jax.Array | None = None) -> jax.Array:
-        """Logits [batch, length, vocab]."""
+        """Float32 logits [batch, length, vocab]."""
         return self.logits_from_hidden(self.model(input_ids, attention_mask, positions, segment_ids, dropout_rng))
 
 
