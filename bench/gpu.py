@@ -329,10 +329,13 @@ def part_decode(plan: Plan, work: Path, deadline: float, result: Result) -> None
     mc = model_config_from_hf(plan.sft_model, **{**config.model.options(), "param_dtype": config.model.dtype})
     info = device_info()
     bandwidth = hbm_bandwidth(info["device_kind"])
-    attention = f"prefill {attention_used(mc, 128, cached=True)}, decode {attention_used(mc, 1, cached=True)}"
+    attention = f"prefill {attention_used(mc, 128, cached=True)}, decode: the sampler's two-part cache attention"
     result.update(**info, dtype=mc.dtype, param_dtype=mc.param_dtype, attention_impl=attention,
                   remat=mc.remat, bandwidth=bandwidth, rows=[])
-    model = build_model(mc, seed=0)
+    from jaxmath.inference.sampler import decode_cost
+    from jaxmath.inference.weights import prepare_weights
+
+    weights = prepare_weights(build_model(mc, seed=0))  # the decode copy, as evaluation and GRPO make it
     weight_bytes, kv_token = decode_weight_bytes(mc), kv_bytes_per_token(mc, mc.compute_dtype)
     rows: list[dict[str, Any]] = []
     for k, (batch, prompt, new) in enumerate(plan.decode):
@@ -341,14 +344,17 @@ def part_decode(plan: Plan, work: Path, deadline: float, result: Result) -> None
             result.update(status="partial", error=f"deadline reached: {skipped} not run")
             return
         prompts = np.random.default_rng(1234).integers(0, mc.vocab_size, (batch, prompt), dtype=np.int32)
-        out = bench_jaxmath(model, prompts, plan.decode_repeats, new)
+        out = bench_jaxmath(weights, prompts, plan.decode_repeats, new)
         seconds = statistics.median(out["times_s"])
+        cost = decode_cost(weights, batch, prompt, new) if time.time() < deadline else {}
         roofline = (decode_roofline_seconds(weight_bytes, kv_token, batch, prompt, new, bandwidth[1])
                     if bandwidth else None)
         rows.append({"batch": batch, "prompt": prompt, "new_tokens": new, "seconds": seconds,
                      "warmup_s": out["warmup_s"], "tokens_per_s": batch * new / seconds,
                      "weight_bytes": weight_bytes, "kv_bytes_per_token": kv_token, "roofline_s": roofline,
-                     "roofline_fraction": roofline / seconds if roofline else None})
+                     "roofline_fraction": roofline / seconds if roofline else None,
+                     "xla_bytes_per_step": cost.get("xla_bytes_gather_rows"),
+                     "minimum_bytes_per_step": cost.get("minimum_bytes")})
         result.update(rows=rows, peak_gib=device_peak_gib())
         print(json.dumps(rows[-1]), flush=True)
 

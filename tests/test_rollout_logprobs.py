@@ -9,16 +9,18 @@ comparison, the engine before it (scanned layers over one preallocated cache):
 
     compute / params     measured mean / max      before (mean / max)    allowed mean / max
     float32 / float32    7.8e-07 / 3.8e-06        5.3e-07 / 2.9e-06      1e-05 / 1e-04
-    bfloat16 / float32   9.4e-03 / 4.3e-02        6.1e-04 / 2.9e-02      2e-02 / 0.1   (GRPO: float32 master weights)
-    bfloat16 / bfloat16  9.4e-03 / 3.0e-02        8.2e-05 / 1.5e-02      2e-02 / 0.1
+    bfloat16 / float32   7.9e-03 / 3.1e-02        6.1e-04 / 2.9e-02      2e-02 / 0.1   (GRPO: float32 master weights)
+    bfloat16 / bfloat16  8.1e-03 / 2.7e-02        8.2e-05 / 1.5e-02      2e-02 / 0.1
     GRPO path, float32   1.8e-07 / 9.5e-07        1.7e-07 / 9.5e-07      as float32 / float32 (tiny config, random init)
-    GRPO path, bfloat16  2.3e-04 / 1.2e-03        2.6e-04 / 2.0e-03      as bfloat16 / float32
+    GRPO path, bfloat16  1.4e-04 / 8.9e-04        2.6e-04 / 2.0e-03      as bfloat16 / float32
+
+(measured after the trainer's logits became float32 like the sampler's; with bfloat16 trainer logits the
+bfloat16 rows were 9.4e-03 / 4.3e-02 and 9.4e-03 / 3.0e-02.)
 
 The bfloat16 bound (max 0.1) keeps the first update's ratio well inside GRPO's clip range (log 1.2 = 0.18).
 Where the bfloat16 mismatch comes from (measured, not assumed):
-- the decode engine's head gives float32 logits (`preferred_element_type`), the training forward
-  (`CausalLM.logits_from_hidden`) rounds them to bfloat16 before the log-softmax: every logit differs by up to
-  half a bfloat16 ulp;
+- (fixed) the training forward (`CausalLM.logits_from_hidden`) used to round its logits to bfloat16 before the
+  log-softmax while the decode engine's head gives float32: both give float32 now;
 - XLA's excess precision (`--xla_allow_excess_precision`, on by default) keeps some bfloat16 intermediates in
   float32 inside fusions, and the unrolled decode forward fuses differently from the scanned training forward:
   the prefill's last-token logits differed from the training forward's by 1.1e-3 on average (|logit| 0.18),
