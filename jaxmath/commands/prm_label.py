@@ -6,7 +6,8 @@ import json
 import sys
 from typing import Any
 
-from jaxmath.commands.options import DTYPE_CHOICES, add_quiet_argument, add_sampling_arguments, sampling_from_args
+from jaxmath.commands.options import (DTYPE_CHOICES, add_compile_cache_argument, add_quiet_argument,
+                                      add_sampling_arguments, sampling_from_args)
 from jaxmath.data.formats import FORMATS
 from jaxmath.inference.config import Sampling
 
@@ -42,6 +43,7 @@ def add_prm_label_parser(commands: Any) -> None:
     p.add_argument("--verifier-workers", type=int, default=None, help="grading processes (default: CPU cores)")
     add_sampling_arguments(p.add_argument_group("sampling (solutions and rollouts)"), DEFAULT_SAMPLING)
     add_quiet_argument(p)
+    add_compile_cache_argument(p)
 
 
 def prm_label_main(args: argparse.Namespace) -> int:
@@ -77,8 +79,10 @@ def _label(args: argparse.Namespace, problems: list, verified: list, progress_ba
     from jaxmath.prm.traces import build_traces
     from jaxmath.verify import Verifier
 
+    from jaxmath.compilation import enable_compile_cache
     from jaxmath.inference.weights import prepare_weights
 
+    enable_compile_cache(args.compile_cache, source="--compile-cache")
     policy, tokenizer, eos_ids, mesh = load_for_generation(args.policy, args.dtype)
     sampling = plain_text_stops(sampling_from_args(args), tokenizer)
     with progress_bar(total=len(problems) + len(verified), desc="prm-label", unit="problem",

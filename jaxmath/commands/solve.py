@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jaxmath.commands.options import (DTYPE_CHOICES, PRM_AGGREGATIONS, add_quiet_argument, add_sampling_arguments,
-                                      sampling_from_args)
+from jaxmath.commands.options import (DTYPE_CHOICES, PRM_AGGREGATIONS, add_compile_cache_argument,
+                                      add_quiet_argument, add_sampling_arguments, sampling_from_args)
 from jaxmath.progress import configure_logging, progress_bar
 from jaxmath.solve.defaults import DEFAULT_SAMPLING, NEEDS_PRM, STRATEGIES
 
@@ -143,6 +143,7 @@ def solve_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--input", type=Path, default=None, help="JSONL file of questions ({'id', 'question'})")
     parser.add_argument("--output", type=Path, default=None, help="JSONL file the results are appended to")
     add_quiet_argument(parser)
+    add_compile_cache_argument(parser)
     args = parser.parse_args(argv)
     if (args.input is None) == (args.question is None):
         parser.error("give a question or --input FILE (not both)")
@@ -152,6 +153,7 @@ def solve_main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parser.error(f"--strategy {args.strategy} needs --prm PATH")
     configure_logging(args.quiet)
     from jaxmath.checkpoint import CheckpointError
+    from jaxmath.compilation import enable_compile_cache
     from jaxmath.solve import MathSolver
 
     settings = dict(strategy=args.strategy, samples=args.samples, beam=args.beam, budget=args.budget,
@@ -162,6 +164,7 @@ def solve_main(argv: list[str] | None = None, prog: str | None = None) -> int:
         sampling = sampling_from_args(args)
         if args.input is not None:
             read_questions(args.input)  # a bad file fails before the model loads
+        enable_compile_cache(args.compile_cache, source="--compile-cache")
         with MathSolver(args.model, args.prm, format=args.format, sampling=sampling, batch_size=args.batch_size,
                         dtype=args.dtype, tokenizer_path=args.tokenizer, verifier_workers=args.verifier_workers,
                         **settings) as solver:

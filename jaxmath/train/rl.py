@@ -2,7 +2,8 @@
 -> group advantages -> `mu` passes of clipped-objective updates over minibatches, with KL to a reference.
 `jaxmath.train.tasks.GRPOTask` runs these pieces as the hooks of the one training loop (jaxmath.train.trainer).
 
-One iteration (`train.steps` counts them) samples with the live parameters (no weight copy), scores the
+One iteration (`train.steps` counts them) samples from the decode copy of the current parameters (made once per
+iteration; each prompt prefilled once for its group), scores the
 completions with `jaxmath.verify` reward functions (answer checks run in the verifier's worker processes),
 applies the overlong rule, optionally drops groups whose rewards are all equal and refills them from new
 prompts (DAPO dynamic sampling), and runs the one train step of `jaxmath.train.step` on the rollout batch.
