@@ -173,3 +173,25 @@ def test_bad_requests_are_named(model):
         generate(prepare_weights(model), np.ones((1, 3), np.int32), cache_dtype="bfloat16")
     with pytest.raises(TypeError, match="CausalLM"):
         prepare_weights(object())
+
+
+def test_prompts_supplied_later_and_an_early_stop(model):
+    """Prompts handed over by `more()` as slots free up get what they would get in one batch of all (numbered
+    on from the first ones); `on_finish` returning True ends the run with the prompts still decoding empty."""
+    rng = np.random.default_rng(3)
+    prompts = [list(rng.integers(1, 100, rng.integers(3, 12))) for _ in range(6)]
+    kwargs = dict(max_new_tokens=12, temperature=1.0, eos_token_id=EOS, seed=4, num_samples=2)
+    supplies = [prompts[2:4], prompts[4:], []]
+    calls = []
+    later = generate_continuous(model, prompts[:2], slots=2, more=lambda: calls.append(1) or supplies.pop(0),
+                                **kwargs)
+    at_once = generate_continuous(model, prompts, slots=6, **kwargs)
+    assert len(later) == 6 and len(calls) == 3
+    for ours, theirs in zip(later, at_once):
+        assert [c.tokens.tolist() for c in ours] == [c.tokens.tolist() for c in theirs]
+    order = []
+    stopped = generate_continuous(model, prompts, slots=2, on_finish=lambda i, c: order.append(i) or len(order) == 3,
+                                  **kwargs)
+    assert sum(bool(r) for r in stopped) == 3 and all(stopped[i] for i in order)
+    with pytest.raises(ValueError, match="longer than the run's prefix size"):
+        generate_continuous(model, [[1, 2]], slots=1, more=lambda: [list(range(1, 80))], **kwargs)

@@ -192,3 +192,47 @@ def test_loop_logs_metrics_and_resumes_exactly(tmp_path):
     assert resumed[-1]["step"] == 3
     for key in ("reward_mean", "loss", "kl_mean", "grad_norm", "completion_length_mean"):
         assert resumed[-1][key] == pytest.approx(rows[-1][key], rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_refills_slots_continuously_and_keeps_useful_groups(tmp_path, monkeypatch):
+    """With dynamic sampling in one process, groups are scored as they finish and their slots take prompts of
+    the next batch until prompts_per_step groups have unequal rewards: the kept groups are those, their rows
+    line up with their prompts (the loss's forward gives the sampler's log-probs), and the statistics count
+    every finished group. Rewards here are a function of the first sampled token, so groups go both ways."""
+    from jaxmath.data.formats import get_format
+    from jaxmath.data.pipelines import PipelineOptions, rl_prompt_pipeline
+    from jaxmath.models.transformer import build_model
+    from jaxmath.train import rl as rl_module
+    from jaxmath.train.step import to_global
+    from jaxmath.train.trainer import build_rl_run
+
+    def first_token_reward(rl, rollout, records):
+        rewards = (rollout["tokens"][:, 0] % 3 == 0).astype(np.float32)
+        return {"rewards": rewards, "per_function": {"first_token": rewards}, "loss_weight": np.ones_like(rewards)}
+
+    monkeypatch.setattr(rl_module, "score", first_token_reward)
+    runs = []  # one continuous run of the sampler, not one sampler call per prompt batch
+    decode = rl_module.generate_continuous
+    monkeypatch.setattr(rl_module, "generate_continuous", lambda *a, **k: runs.append(1) or decode(*a, **k))
+    monkeypatch.setattr(rl_module, "sample", None)
+    rl = build_rl_run(tiny(grpo={"dynamic_sampling": True, "max_sampling_rounds": 3}), tmp_path)
+    params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build_model(rl.run.model_config, 3))),
+                     out_shardings=rl.run.shardings.params)()
+    prompts = iter(rl_prompt_pipeline(rl.run.train_records, rl.run.tokenizer, get_format("boxed"),
+                                      max_prompt_len=80, prompts_per_batch=4, group_size=4,
+                                      options=PipelineOptions(seed=0, num_epochs=None)))
+    chosen, stats = rl_module.collect(rl, params, prompts, iteration=0)
+    assert runs == [1] and chosen["tokens"].shape == (16, 12) and 1 <= stats["sampling_rounds"] <= 3
+    np.testing.assert_array_equal(chosen["rewards"], (chosen["tokens"][:, 0] % 3 == 0).astype(np.float32))
+    kept_useful = useful_groups(chosen["rewards"], 4)
+    assert kept_useful.all() or stats["sampling_rounds"] == 3  # enough useful groups, or every batch was drawn
+    assert 0.0 <= stats["zero_variance_groups"] < 1.0
+    batch = train_batch(chosen["input_ids"], chosen["attention_mask"], chosen["tokens"], chosen["lengths"],
+                        chosen["logprobs"], np.zeros(16), np.ones(16))
+    forward = np.asarray(rl.logprob_fn(params, to_global(batch, {k: rl.run.batch_sharding[k]
+                                                                  for k in ("input_ids", "attention_mask")})))
+    mask = batch["completion_mask"] > 0
+    np.testing.assert_allclose(forward[mask], batch["old_logprobs"][mask], atol=1e-4)
+    questions = [r.question for r in chosen["records"]]
+    assert all(len(set(questions[i:i + 4])) == 1 for i in range(0, 16, 4))  # a group's rows share its prompt

@@ -493,12 +493,17 @@ def generate_continuous(model: CausalLM | DecodeWeights, prompts: Sequence[Seque
                         eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0, seed: int = 0,
                         cache_dtype: str | None = None, stop_strings: Sequence[str] | None = None,
                         tokenizer: PreTrainedTokenizerBase | None = None,
-                        on_finish: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+                        on_finish: Callable[[int, list[Completion]], bool | None] | None = None,
+                        more: Callable[[], Sequence[Sequence[int]]] | None = None) -> list[list[Completion]]:
     """`num_samples` completions of each prompt (token-id lists), with `slots` prompts decoding at a time:
     when all samples of a prompt stop, the next prompt takes its slot (continuous batching), so one long
     completion does not hold the batch. Sample g of prompt i gets the tokens `generate` would give it with
     the same seed (its random stream depends on i and g only). `on_finish(i, completions)` is called as
-    prompts finish (progress). Single-process: the host reads which rows stopped between decode runs."""
+    prompts finish (progress); when it returns True the run stops there (prompts still decoding get no
+    completions). `more()` is asked for further prompts whenever a slot is free and none wait (an empty answer
+    ends the supply); they are numbered on from the last. Single-process: the host reads which rows stopped
+    between decode runs."""
+    prompts = list(prompts)
     if not prompts:
         return []
     if num_samples < 1 or slots < 1:
@@ -515,8 +520,13 @@ def generate_continuous(model: CausalLM | DecodeWeights, prompts: Sequence[Seque
     queue = list(range(len(prompts)))
     owner = np.full(slots, -1)
     results: list[list[Completion]] = [[] for _ in prompts]
+    supplied = more is not None  # more() may still give prompts
 
     def start(requests: list[int], count: int, size: int) -> _Rows:
+        long = [i for i in requests if len(prompts[i]) > width]
+        if long:
+            raise ValueError(f"prompt(s) {long[:10]} are longer than the run's prefix size {width}: supply them "
+                             f"at the start, or no longer than the first prompts rounded up to {LENGTH_BUCKET}")
         ids, mask = pad_batch([prompts[i] for i in requests], count, pad_token_id, left=False, width=width)
         numbers = jnp.asarray(requests + [requests[0]] * (count - len(requests)), jnp.int32)
         samples = jnp.broadcast_to(jnp.arange(num_samples), (count, num_samples))
@@ -527,7 +537,7 @@ def generate_continuous(model: CausalLM | DecodeWeights, prompts: Sequence[Seque
     rows, owner[:len(first)] = start(first, slots, buckets[0]), first
     bucket = 0
     while True:
-        rows, full = _decode_jit(weights, rows, knobs, tables, jnp.bool_(bool(queue)), static=static)
+        rows, full = _decode_jit(weights, rows, knobs, tables, jnp.bool_(bool(queue) or supplied), static=static)
         done = np.asarray(rows.done).reshape(slots, num_samples).all(axis=1)
         finished = np.flatnonzero(done & (owner >= 0))
         if finished.size:
@@ -539,9 +549,17 @@ def generate_continuous(model: CausalLM | DecodeWeights, prompts: Sequence[Seque
                 results[request] = [Completion(tokens[r, :lengths[r]], logprobs[r, :lengths[r]],
                                                sampled[r, :lengths[r]]) for r in members]
                 owner[slot] = -1
-                if on_finish is not None:
-                    on_finish(request, results[request])
+                if on_finish is not None and on_finish(request, results[request]):
+                    return results
         free = np.flatnonzero(owner < 0)
+        if supplied and not queue and free.size:
+            extra = [list(p) for p in more()]
+            if any(len(p) == 0 for p in extra):
+                raise ValueError("more() gave a prompt with no tokens")
+            supplied = bool(extra)
+            queue = list(range(len(prompts), len(prompts) + len(extra)))
+            prompts += extra
+            results += [[] for _ in extra]
         if queue and free.size:
             take, queue = queue[:free.size], queue[free.size:]
             count = min(1 << (len(take) - 1).bit_length(), slots)  # a power of two: few compiled start shapes

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec
 
 from jaxmath.inference.config import offset_seed
 from jaxmath.inference.loading import stop_token_ids
-from jaxmath.inference.sampler import GenerationOutput, generate, truncate_at_stop
+from jaxmath.inference.sampler import GenerationOutput, generate, generate_continuous, truncate_at_stop
 from jaxmath.inference.weights import DecodeWeights, prepare_weights
 from jaxmath.objectives import compute_advantages, metric_means
 from jaxmath.objectives.grpo import policy_log_probs
@@ -134,12 +134,18 @@ def sample(rl: RLRun, weights: DecodeWeights, prompts: dict[str, Any], seed: int
                        prompt_repeats=rl.grpo.group_size // group)
     local = GenerationOutput(*(_local(x) for x in (out.sequences, out.logprobs, out.sampling_logprobs,
                                                    out.lengths)))
-    tokens, lengths = local.sequences[:, -s.max_new_tokens:], local.lengths
+    return completed_rows(rl, local.sequences[:, -s.max_new_tokens:], local.logprobs, local.lengths)
+
+
+def completed_rows(rl: RLRun, tokens: np.ndarray, logprobs: np.ndarray, lengths: np.ndarray) -> dict[str, Any]:
+    """A rollout's rows from sampled tokens [rows, max_new_tokens] (padded after `lengths`): tokens, log-probs,
+    lengths, texts (cut at stop strings) and whether each ran out of room before stopping."""
+    s, tokenizer = rl.grpo.sampling, rl.run.tokenizer
     full = tokenizer.batch_decode([row[:n].tolist() for row, n in zip(tokens, lengths)], skip_special_tokens=True)
     texts = [truncate_at_stop(text, s.stop_strings) for text in full]  # what completion_texts gives
     last = tokens[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
     stopped = np.isin(last, rl.eos_ids) | np.array([len(t) < len(f) for t, f in zip(texts, full)], bool)
-    return {"tokens": tokens, "logprobs": local.logprobs, "lengths": lengths, "texts": _rows(texts),
+    return {"tokens": tokens, "logprobs": logprobs, "lengths": lengths, "texts": _rows(texts),
             "truncated": (lengths >= s.max_new_tokens) & ~stopped}
 
 
@@ -154,20 +160,73 @@ def score(rl: RLRun, rollout: dict[str, Any], records: list[Any]) -> dict[str, A
     return {"rewards": rewards, "per_function": per_function, "loss_weight": weight}
 
 
+def _collect_continuously(rl: RLRun, weights: DecodeWeights, prompts: Any, iteration: int
+                          ) -> tuple[list[dict[str, Any]], int, float]:
+    """Dynamic sampling in one process, as continuous batching: prompts_per_step prompt slots decode at once;
+    each group is scored as soon as its G completions stop, and its slot takes the next prompt (from the next
+    prompt batch, up to max_sampling_rounds batches) until prompts_per_step groups have unequal rewards.
+    Returns the finished groups' rows in finishing order, the batches drawn and the seconds spent scoring."""
+    g, s, tokenizer = rl.grpo, rl.grpo.sampling, rl.run.tokenizer
+    size, slots = g.group_size, g.prompts_per_step
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches: list[dict[str, Any]] = []
+    groups: list[dict[str, Any]] = []
+    scoring = 0.0
+
+    def draw() -> list[list[int]]:
+        if len(batches) >= g.max_sampling_rounds:
+            return []
+        batches.append(next(prompts))
+        ids, mask = batches[-1]["input_ids"][::size], batches[-1]["attention_mask"][::size]
+        return [row[m > 0].tolist() for row, m in zip(ids, mask)]
+
+    def finished(request: int, completions: list[Any]) -> bool:
+        nonlocal scoring
+        start = time.perf_counter()
+        batch, rows = batches[request // slots], slice(request % slots * size, (request % slots + 1) * size)
+        tokens = np.full((size, s.max_new_tokens), pad, np.int32)
+        logprobs = np.zeros((size, s.max_new_tokens), np.float32)
+        for r, c in enumerate(completions):
+            tokens[r, :len(c.tokens)], logprobs[r, :len(c.tokens)] = c.tokens, c.logprobs
+        rollout = completed_rows(rl, tokens, logprobs, np.asarray([len(c.tokens) for c in completions]))
+        records = batch["records"][rows]
+        part = {"input_ids": batch["input_ids"][rows], "attention_mask": batch["attention_mask"][rows],
+                "records": _rows(records), **rollout, **score(rl, rollout, records)}
+        part["useful"] = np.repeat(useful_groups(part["rewards"], size), size)
+        groups.append(part)
+        scoring += time.perf_counter() - start
+        return sum(bool(p["useful"][0]) for p in groups) >= slots
+
+    with jax.set_mesh(rl.run.mesh):
+        generate_continuous(weights, draw(), slots=slots, num_samples=size, max_new_tokens=s.max_new_tokens,
+                            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
+                            eos_token_id=rl.eos_ids, pad_token_id=pad,
+                            seed=offset_seed(g.sampling.seed + iteration * 101, rl.run.config.train.seed),
+                            stop_strings=s.stop_strings or None, tokenizer=tokenizer, on_finish=finished, more=draw)
+    return groups, len(batches), scoring
+
+
 def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[str, Any], dict[str, float]]:
     """One iteration's groups: sample and score a prompt batch; with dynamic sampling, keep drawing prompt
     batches (up to max_sampling_rounds) until prompts_per_step groups have unequal rewards, then keep those
-    first. Returns the rows of exactly prompts_per_step local groups, and rollout statistics."""
+    first (in one process continuously, `_collect_continuously`; over several, batch by batch). Returns the
+    rows of exactly prompts_per_step local groups, and rollout statistics."""
     g = rl.grpo
     local_groups = g.prompts_per_step // jax.process_count()
-    parts, sampled_groups, zero_variance, timings = [], 0, 0, {"rollout_seconds": 0.0, "reward_seconds": 0.0}
     start = time.perf_counter()
     weights = rollout_weights(rl, params)
-    timings["rollout_seconds"] += time.perf_counter() - start
-    for round_index in range(g.max_sampling_rounds if g.dynamic_sampling else 1):
+    if g.dynamic_sampling and jax.process_count() == 1:
+        parts, rounds, scoring = _collect_continuously(rl, weights, prompts, iteration)
+        timings = {"rollout_seconds": time.perf_counter() - start - scoring, "reward_seconds": scoring}
+        sampled_groups, zero_variance = len(parts), sum(not p["useful"][0] for p in parts)
+    else:
+        parts, rounds, sampled_groups, zero_variance = [], 0, 0, 0
+        timings = {"rollout_seconds": time.perf_counter() - start, "reward_seconds": 0.0}
+    batchwise = not parts  # no dynamic sampling, or dynamic sampling over several processes
+    while batchwise and rounds < (g.max_sampling_rounds if g.dynamic_sampling else 1):
         batch = next(prompts)
         start = time.perf_counter()
-        seed = offset_seed(g.sampling.seed + iteration * 101 + round_index, rl.run.config.train.seed)
+        seed = offset_seed(g.sampling.seed + iteration * 101 + rounds, rl.run.config.train.seed)
         rollout = sample(rl, weights, batch, seed=seed)
         timings["rollout_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
@@ -177,6 +236,7 @@ def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[
                 "records": _rows(batch["records"]), **rollout, **scored}
         part["useful"] = np.repeat(useful_groups(part["rewards"], g.group_size), g.group_size)
         parts.append(part)
+        rounds += 1
         sampled_groups += local_groups
         zero_variance += int(local_groups - part["useful"].sum() // g.group_size)
         useful = sum(int(p["useful"].sum()) // g.group_size for p in parts)
@@ -188,7 +248,7 @@ def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[
     group_useful = merged["useful"].reshape(-1, g.group_size)[:, 0]
     rows = group_rows(pick_groups(group_useful, local_groups), g.group_size)
     chosen = jax.tree.map(lambda x: x[rows], merged)
-    stats = {**timings, "sampling_rounds": float(len(parts)),
+    stats = {**timings, "sampling_rounds": float(rounds),
              "zero_variance_groups": zero_variance / max(sampled_groups, 1),
              "generated_tokens": float(merged["lengths"].sum()), **rl.reward_failures.take(list(g.rewards))}
     return chosen, stats
