@@ -15,7 +15,7 @@ from typing import Sequence
 
 from jaxmath.solve.context import Toolkit, needs_scorer, rank_key
 from jaxmath.solve.policy import Budget
-from jaxmath.solve.result import Candidate, SolveResult
+from jaxmath.solve.result import SolveResult
 from jaxmath.solve.steps import Child, Expansion, expand
 
 
