@@ -53,9 +53,10 @@ class Cache:
         return self.suffix_keys[0].shape[-1]
 
 
-def _qkv(layer: dict[str, jax.Array], x: jax.Array, positions: jax.Array,
+def _qkv(layer: dict[str, jax.Array], x: jax.Array, rope: tuple[jax.Array, jax.Array],
          weights: DecodeWeights) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Queries [b, t, N, H], keys and values [b, t, K, H]: normed, projected, biased, rotated."""
+    """Queries [b, t, N, H], keys and values [b, t, K, H]: normed, projected, biased, rotated by the `rope`
+    tables (cos, sin) of their positions."""
     c = weights.config
     b, t, _ = x.shape
     n, k, h = c.num_heads, c.num_kv_heads, c.head_dim
@@ -66,8 +67,7 @@ def _qkv(layer: dict[str, jax.Array], x: jax.Array, positions: jax.Array,
     q, keys, values = q.reshape(b, t, n, h), keys.reshape(b, t, k, h), values.reshape(b, t, k, h)
     if "q_norm" in layer:
         q, keys = rms_norm(q, layer["q_norm"], c.rms_norm_eps), rms_norm(keys, layer["k_norm"], c.rms_norm_eps)
-    cos, sin = rope_tables(c, positions)
-    return apply_rope(q, cos, sin), apply_rope(keys, cos, sin), values
+    return apply_rope(q, *rope), apply_rope(keys, *rope), values
 
 
 def _finish_block(layer: dict[str, jax.Array], x: jax.Array, attended: jax.Array,
@@ -98,9 +98,10 @@ def prefill(weights: DecodeWeights, ids: jax.Array, lengths: jax.Array) -> tuple
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (u, p))
     segments = (positions < lengths[:, None]).astype(jnp.int32)  # padding: segment 0
     x = shard_activation(jnp.take(weights.embed, ids, axis=0), ("batch", "length", "act_embed"))
+    rope = rope_tables(c, positions)  # once for every layer
     keys, values = [], []
     for layer in weights.layers:
-        q, k, v = _qkv(layer, x, positions, weights)
+        q, k, v = _qkv(layer, x, rope, weights)
         attended = attend(q, k, v, q_segments=segments, kv_segments=segments, q_index=positions,
                           kv_index=positions, requested=c.attention_impl, cached=True)
         x = _finish_block(layer, x, attended, weights)
@@ -110,28 +111,31 @@ def prefill(weights: DecodeWeights, ids: jax.Array, lengths: jax.Array) -> tuple
     return logits(weights, rms_norm(last, weights.norm, c.rms_norm_eps)), keys, values
 
 
-def _attend_cached(q: jax.Array, layer: int, cache: Cache) -> jax.Array:
-    """Attention of each row's one query q [B, N, H] over its prompt's prefix and its own suffix: [B, N, H].
+def _visible(cache: Cache) -> tuple[jax.Array, jax.Array]:
+    """Which slots a decode step's query attends to, the same in every layer: prefix [U, P] (the prompt's
+    tokens) and suffix [U, G, S] (the row's last `suffix_lengths` ring slots, this step's included)."""
+    u, g = cache.prefix_lengths.shape[0], cache.group_size
+    prefix = jnp.arange(cache.prefix_keys[0].shape[-1]) < cache.prefix_lengths[:, None]
+    age = (cache.suffix_next - 1 - jnp.arange(cache.suffix_slots)) % cache.suffix_slots  # 0: written last
+    return prefix, age < cache.suffix_lengths.reshape(u, g)[..., None]
 
-    One softmax over both parts (float32), so the result equals attention over their concatenation.
-    """
+
+def _attend_cached(q: jax.Array, prefix: tuple[jax.Array, jax.Array], suffix: tuple[jax.Array, jax.Array],
+                   visible: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Attention of each row's one query q [B, N, H] over its prompt's prefix (keys, values) and its own suffix
+    (keys, values), masked by `visible` (`_visible`): [B, N, H]. One softmax over both parts (float32), so the
+    result equals attention over their concatenation."""
     b, n, h = q.shape
-    u = cache.prefix_lengths.shape[0]
-    kv = cache.prefix_keys[layer].shape[1]
-    g = cache.group_size
-    q = q.reshape(u, g, kv, n // kv, h)
-    pk, pv = cache.prefix_keys[layer], cache.prefix_values[layer]
-    sk, sv = cache.suffix_keys[layer], cache.suffix_values[layer]
-    prefix_scores = jnp.einsum("ugknh,ukhp->ugknp", q, pk, preferred_element_type=jnp.float32)
+    (pk, pv), (sk, sv) = prefix, suffix
+    u, kv = pk.shape[:2]
+    g = b // u
+    prefix_scores = jnp.einsum("ugknh,ukhp->ugknp", q.reshape(u, g, kv, n // kv, h), pk,
+                               preferred_element_type=jnp.float32)
     suffix_scores = jnp.einsum("bknh,bkhs->bkns", q.reshape(b, kv, n // kv, h), sk,
                                preferred_element_type=jnp.float32).reshape(u, g, kv, n // kv, -1)
-    prefix_scores, suffix_scores = prefix_scores * h ** -0.5, suffix_scores * h ** -0.5
-    prefix_seen = jnp.arange(pk.shape[-1]) < cache.prefix_lengths[:, None]  # [U, P]
-    age = (cache.suffix_next - 1 - jnp.arange(sk.shape[-1])) % sk.shape[-1]  # 0: the slot written last
-    suffix_seen = age < cache.suffix_lengths.reshape(u, g)[..., None]  # [U, G, S]
     low = jnp.float32(-1e30)
-    prefix_scores = jnp.where(prefix_seen[:, None, None, None], prefix_scores, low)
-    suffix_scores = jnp.where(suffix_seen[:, :, None, None], suffix_scores, low)
+    prefix_scores = jnp.where(visible[0][:, None, None, None], prefix_scores * h ** -0.5, low)
+    suffix_scores = jnp.where(visible[1][:, :, None, None], suffix_scores * h ** -0.5, low)
     top = jnp.maximum(prefix_scores.max(-1, keepdims=True), suffix_scores.max(-1, keepdims=True))
     prefix_w, suffix_w = jnp.exp(prefix_scores - top), jnp.exp(suffix_scores - top)
     total = prefix_w.sum(-1, keepdims=True) + suffix_w.sum(-1, keepdims=True)
@@ -159,13 +163,16 @@ def decode_step(weights: DecodeWeights, tokens: jax.Array, positions: jax.Array,
     cache = dataclasses.replace(cache, suffix_lengths=cache.suffix_lengths + 1,
                                 suffix_next=(slot + 1) % cache.suffix_slots)
     x = jnp.take(weights.embed, tokens[:, None], axis=0)  # [B, 1, E]
-    suffix_keys, suffix_values = list(cache.suffix_keys), list(cache.suffix_values)
+    rope, visible = rope_tables(c, positions[:, None]), _visible(cache)  # once for every layer
+    suffix_keys, suffix_values = [], []
     for i, layer in enumerate(weights.layers):
-        q, k, v = _qkv(layer, x, positions[:, None], weights)
-        suffix_keys[i] = _write(suffix_keys[i], k[:, 0], slot, axis=3)
-        suffix_values[i] = _write(suffix_values[i], v[:, 0], slot, axis=2)
-        cache = dataclasses.replace(cache, suffix_keys=tuple(suffix_keys), suffix_values=tuple(suffix_values))
-        x = _finish_block(layer, x, _attend_cached(q[:, 0], i, cache)[:, None], weights)
+        q, k, v = _qkv(layer, x, rope, weights)
+        suffix_keys.append(_write(cache.suffix_keys[i], k[:, 0], slot, axis=3))
+        suffix_values.append(_write(cache.suffix_values[i], v[:, 0], slot, axis=2))
+        attended = _attend_cached(q[:, 0], (cache.prefix_keys[i], cache.prefix_values[i]),
+                                  (suffix_keys[i], suffix_values[i]), visible)
+        x = _finish_block(layer, x, attended[:, None], weights)
+    cache = dataclasses.replace(cache, suffix_keys=tuple(suffix_keys), suffix_values=tuple(suffix_values))
     return logits(weights, rms_norm(x[:, 0], weights.norm, c.rms_norm_eps)), cache
 
 
