@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmath.inference.config import Sampling
 from jaxmath.inference.forward import Cache, decode_step, empty_suffix, grow_suffix, prefill
 from jaxmath.inference.weights import DecodeWeights, prepare_weights
 from jaxmath.models import CausalLM, ModelConfig
@@ -363,19 +364,9 @@ def _settings(config: ModelConfig, max_new_tokens: int, temperature: float, top_
               min_p: float, eos_token_id: int | Sequence[int] | None, pad_token_id: int,
               stop_strings: Sequence[str] | None, tokenizer: PreTrainedTokenizerBase | None
               ) -> tuple[_Static, _Knobs, StopTables | None]:
-    """Check the decoding settings (naming a wrong one) and split them into compiled-in and traced parts."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    if not 0.0 <= min_p <= 1.0:
-        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
-    if isinstance(stop_strings, str):
-        raise ValueError(f"stop_strings must be a list of strings, got the string {stop_strings!r}")
+    """Check the decoding settings (naming a wrong one, by `Sampling`'s own checks) and split them into
+    compiled-in and traced parts."""
+    Sampling(max_new_tokens, temperature, top_p, top_k, min_p, stop_strings=stop_strings or ())
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer (pass tokenizer=...)")
     static = _Static(max_new_tokens=int(max_new_tokens), greedy=temperature == 0.0, top_k=int(top_k),
