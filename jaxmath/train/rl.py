@@ -160,6 +160,16 @@ def score(rl: RLRun, rollout: dict[str, Any], records: list[Any]) -> dict[str, A
     return {"rewards": rewards, "per_function": per_function, "loss_weight": weight}
 
 
+def _scored_part(rl: RLRun, prompts: dict[str, Any], rollout: dict[str, Any]) -> dict[str, Any]:
+    """Rows of an iteration: their prompts (ids, mask, records), rollout, rewards and whether their group is
+    useful (rewards not all equal)."""
+    records = list(prompts["records"])
+    part = {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"],
+            "records": _rows(records), **rollout, **score(rl, rollout, records)}
+    part["useful"] = np.repeat(useful_groups(part["rewards"], rl.grpo.group_size), rl.grpo.group_size)
+    return part
+
+
 def _collect_continuously(rl: RLRun, weights: DecodeWeights, prompts: Any, iteration: int
                           ) -> tuple[list[dict[str, Any]], int, float]:
     """Dynamic sampling in one process, as continuous batching: prompts_per_step prompt slots decode at once;
@@ -189,11 +199,8 @@ def _collect_continuously(rl: RLRun, weights: DecodeWeights, prompts: Any, itera
         for r, c in enumerate(completions):
             tokens[r, :len(c.tokens)], logprobs[r, :len(c.tokens)] = c.tokens, c.logprobs
         rollout = completed_rows(rl, tokens, logprobs, np.asarray([len(c.tokens) for c in completions]))
-        records = batch["records"][rows]
-        part = {"input_ids": batch["input_ids"][rows], "attention_mask": batch["attention_mask"][rows],
-                "records": _rows(records), **rollout, **score(rl, rollout, records)}
-        part["useful"] = np.repeat(useful_groups(part["rewards"], size), size)
-        groups.append(part)
+        groups.append(_scored_part(rl, {k: batch[k][rows] for k in ("input_ids", "attention_mask", "records")},
+                                  rollout))
         scoring += time.perf_counter() - start
         return sum(bool(p["useful"][0]) for p in groups) >= slots
 
@@ -230,11 +237,8 @@ def collect(rl: RLRun, params: Any, prompts: Any, iteration: int) -> tuple[dict[
         rollout = sample(rl, weights, batch, seed=seed)
         timings["rollout_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
-        scored = score(rl, rollout, batch["records"])
+        part = _scored_part(rl, batch, rollout)
         timings["reward_seconds"] += time.perf_counter() - start
-        part = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                "records": _rows(batch["records"]), **rollout, **scored}
-        part["useful"] = np.repeat(useful_groups(part["rewards"], g.group_size), g.group_size)
         parts.append(part)
         rounds += 1
         sampled_groups += local_groups
